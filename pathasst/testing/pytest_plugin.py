@@ -1,0 +1,1 @@
+"""pytest fixtures over the factories in pathasst.testing (registered by tests/conftest.py)."""
