@@ -532,10 +532,11 @@ class DatasetWriter:
         splits = [split] if split is not None else list(self._parts)
         new_shards = []
         for name in splits:
-            part = self._parts.pop(name)
+            part = self._parts[name]  # stays listed until renamed, so a failure aborts it too
             self._guard_io(part.close, self.schema)
             final = part.tmp_path.with_name(part.tmp_path.name[: -len(".tmp")])
             self._guard_io(os.replace, part.tmp_path, final)
+            del self._parts[name]
             new_shards.append({
                 "file": f"data/{final.name}",
                 "split": name,
