@@ -93,7 +93,6 @@ def stage_assemble(ctx: DemoContext) -> dict[str, Any]:
     """Turn the input manifest into a PathCap dataset folder through the shared dataset writer."""
     from tqdm.auto import tqdm
 
-    from pathasst.images import ImageRejected, image_phash, normalize_image
     from pathasst.records import get_spec
     from pathasst.writer import DatasetWriter
 
@@ -102,35 +101,14 @@ def stage_assemble(ctx: DemoContext) -> dict[str, Any]:
     spec = get_spec("pathcap")
     config = {"stage": "demo-assemble", "max_side": ctx.max_side, "inputs": "inputs/figures.jsonl"}
     with DatasetWriter(ctx.out / "pathcap", spec, config=config, command="pathasst demo") as writer:
-        for row in tqdm(rows, desc="assemble PathCap", unit="fig"):
-            key = row["id"]
-            if writer.is_done(key):
+        for line_no, row in enumerate(tqdm(rows, desc="assemble PathCap", unit="fig"), 1):
+            # the unit is the input line, not the record id: two lines with one id are two inputs
+            # (the second is rejected as a duplicate), and a resumed run skips each line once
+            unit = f"figures.jsonl:{line_no}"
+            if writer.is_done(unit):
                 continue
-            if not row["caption"]:
-                writer.reject(key, "empty caption: a figure needs a caption to become a PathCap record")
-                continue
-            try:
-                img = normalize_image((inputs / row["image"]).read_bytes(), max_side=ctx.max_side)
-            except ImageRejected as exc:
-                writer.reject(key, exc.reason, image=row["image"])
-                continue
-            writer.add({
-                "id": key,
-                "image": img.bytes_,
-                "caption": row["caption"],
-                "caption_raw": row["caption"],
-                "source": "private",
-                "source_id": row["source_id"],
-                "figure_id": key,
-                "subfigure_label": None,
-                "bbox": None,
-                "page": None,
-                "license": row["license"],
-                "pathology_score": None,
-                "width": img.width,
-                "height": img.height,
-                "phash": image_phash(img.bytes_),
-            })
+            with writer.unit(unit):
+                _assemble_one(writer, inputs, row, ctx.max_side)
         summary = writer.finalize()
     accounted = summary.total_records + summary.rejected
     if accounted != len(rows):
@@ -144,6 +122,37 @@ def stage_assemble(ctx: DemoContext) -> dict[str, Any]:
         "bytes": summary.bytes,
         "folder": "pathcap",
     }
+
+
+def _assemble_one(writer, inputs: Path, row: dict[str, Any], max_side: int) -> None:
+    from pathasst.images import ImageRejected, image_phash, normalize_image
+
+    key = row["id"]
+    if not row["caption"]:
+        writer.reject(key, "empty caption: a figure needs a caption to become a PathCap record")
+        return
+    try:
+        img = normalize_image((inputs / row["image"]).read_bytes(), max_side=max_side)
+    except ImageRejected as exc:
+        writer.reject(key, exc.reason, image=row["image"])
+        return
+    writer.add({
+        "id": key,
+        "image": img.bytes_,
+        "caption": row["caption"],
+        "caption_raw": row["caption"],
+        "source": "private",
+        "source_id": row["source_id"],
+        "figure_id": key,
+        "subfigure_label": None,
+        "bbox": None,
+        "page": None,
+        "license": row["license"],
+        "pathology_score": None,
+        "width": img.width,
+        "height": img.height,
+        "phash": image_phash(img.bytes_),
+    })
 
 
 def stage_verify(ctx: DemoContext) -> dict[str, Any]:
@@ -213,7 +222,7 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
              "| stage | what it did | result | seconds |", "|---|---|---|---|"]
     for s in summary["stages"]:
         shown = {k: v for k, v in s.items() if k not in ("name", "description", "seconds", "shards")}
-        lines.append(f"| {s['name']} | {s['description']} | {json.dumps(shown)} | {s['seconds']} |")
+        lines.append(f"| {s['name']} | {s['description']} | {_readable(shown)} | {s['seconds']} |")
     assemble = next((s for s in summary["stages"] if s["name"] == "assemble"), None)
     if assemble:
         lines += ["", "Load the dataset:", "", "```python", "from datasets import load_dataset",
@@ -221,6 +230,15 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
                   f"Rejected inputs ({assemble['rejected']}) are listed with their reasons in "
                   "`pathcap/rejects.jsonl`."]
     return "\n".join(lines) + "\n"
+
+
+def _readable(values: dict[str, Any]) -> str:
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
+        parts.append(f"{key.replace('_', ' ')}: {value}")
+    return "; ".join(parts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
