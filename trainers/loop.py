@@ -5,17 +5,21 @@ config; :func:`train` runs one Accelerate loop over it: AdamW, a warm-up + decay
 optimizer steps, gradient accumulation, mixed precision, periodic evaluation, atomic checkpoints and
 exact resumption.
 
-How a family's config holds these keys: by composition. The family dataclass has a field
-``train: TrainArgs`` next to its own keys, so the recipe has a ``train:`` section and overrides read
-``train.max_steps=100``. Composition rather than inheritance keeps the keys that mean the same in
-every family in one place, lets :func:`pathasst.config.load_config` reach them with dotted keys,
-and lets the loop receive exactly the part it understands::
+How a family's config holds these keys: by inheritance. The family dataclass subclasses
+:class:`TrainArgs` and adds its own keys, so every key is top-level in recipes and on the command
+line (``max_steps=100 output_dir=runs/x``) in every family, the same flat convention the subfig
+family keeps over ultralytics' own loop. Flat rather than nested (a ``train:`` section) because
+``data``, ``output_dir``, ``max_steps`` and ``seed`` are promised to mean the same in every family
+and should be spelled the same too. A family adds checks by overriding :meth:`TrainArgs.validate`
+(calling ``super().validate()``), and passes the whole config to :func:`train`::
 
     @dataclass
-    class SelectorConfig:
+    class SelectorConfig(TrainArgs):
         model: str = "convnext_tiny"
         image_size: int = 224
-        train: TrainArgs = field(default_factory=TrainArgs)
+
+    cfg = load_config(SelectorConfig, recipe, ["max_steps=100", "model=convnext_nano"])
+    train(SelectorTask(cfg), cfg)
 
 Resumption contract. A checkpoint (``output_dir/checkpoints/step-N``) holds what
 ``accelerator.save_state`` writes (model, optimizer, scheduler, gradient scaler, RNG states of
@@ -86,6 +90,9 @@ class TrainConfigError(ConfigError, ValueError):
 class TrainArgs:
     """Training keys that every model family shares and that mean the same everywhere.
 
+    A family's config subclasses it (see the module docstring); every check runs in
+    ``__post_init__``, so :func:`pathasst.config.load_config` reports a bad value with its origin.
+
     Attributes:
         data: dataset folder or Hub id the family's task reads (None: the task's default).
         output_dir: run folder: ``config.yaml``, ``checkpoints/``, ``model/``, ``train_summary.json``.
@@ -141,7 +148,7 @@ class TrainArgs:
         self.validate()
 
     def validate(self) -> None:
-        """Check the values alone (no hardware involved).
+        """Check the values alone (no hardware involved). Subclasses extend it and call super.
 
         Raises:
             TrainConfigError: naming the key and the accepted values.
@@ -515,8 +522,8 @@ def train(task: TrainTask, args: TrainArgs, config: Any = None) -> TrainResult:
 
     Args:
         task: the family's model, data and loss.
-        args: the shared training keys.
-        config: the family's whole config (written to ``config.yaml``); defaults to ``args``.
+        args: the training keys: usually the family's whole config (a :class:`TrainArgs` subclass).
+        config: what to write to ``config.yaml`` when it is not ``args`` itself.
 
     Returns:
         A :class:`TrainResult`; the same facts are written to ``output_dir/train_summary.json``.

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -376,24 +376,39 @@ def test_bad_values_raise_config_error_naming_the_key(key, value, message):
 
 
 @dataclass
-class _FamilyConfig:
+class _FamilyConfig(TrainArgs):
     model: str = "mlp"
-    train: TrainArgs = field(default_factory=TrainArgs)
+    width: int = 16
+
+    def validate(self) -> None:
+        super().validate()
+        if self.width < 1:
+            raise loop.TrainConfigError(f"width must be >= 1 (got {self.width})")
 
 
-def test_family_config_composes_train_args_with_load_config(tmp_path):
+def test_family_config_subclasses_train_args_with_load_config(tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("model: wide\ntrain:\n  max_steps: 50\n  lr: 0.003\n")
-    cfg = load_config(_FamilyConfig, recipe, ["train.max_steps=20", "train.mixed_precision=bf16"])
-    assert cfg.model == "wide" and isinstance(cfg.train, TrainArgs)
-    assert (cfg.train.max_steps, cfg.train.lr, cfg.train.mixed_precision) == (20, 0.003, "bf16")
+    recipe.write_text("model: wide\nmax_steps: 50\nlr: 0.003\nadam_betas: [0.9, 0.98]\n")
+    cfg = load_config(_FamilyConfig, recipe, ["max_steps=20", "mixed_precision=bf16", "width=8"])
+    assert isinstance(cfg, TrainArgs)
+    assert (cfg.model, cfg.width, cfg.max_steps, cfg.lr, cfg.mixed_precision) == ("wide", 8, 20, 0.003, "bf16")
+    assert cfg.adam_betas == [0.9, 0.98]
 
     with pytest.raises(ConfigError, match="max_steps must be >= 1"):
-        load_config(_FamilyConfig, recipe, ["train.max_steps=0"])
+        load_config(_FamilyConfig, recipe, ["max_steps=0"])
     with pytest.raises(ConfigError, match="warmup_steps"):
-        load_config(_FamilyConfig, recipe, ["train.warmup_steps=60"])
-    with pytest.raises(ConfigError, match="train.max_step"):
-        load_config(_FamilyConfig, recipe, ["train.max_step=3"])
+        load_config(_FamilyConfig, recipe, ["warmup_steps=60"])
+    with pytest.raises(ConfigError, match="width must be >= 1"):  # the family's own check
+        load_config(_FamilyConfig, recipe, ["width=0"])
+    with pytest.raises(ConfigError, match="max_step"):
+        load_config(_FamilyConfig, recipe, ["max_step=3"])
+
+
+def test_family_config_trains_and_is_written_whole(toy, tmp_path):
+    cfg = _FamilyConfig(output_dir=str(tmp_path / "run"), max_steps=3, save_every=0, width=5)
+    train(toy.ToyTask(), cfg)
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert written["width"] == 5 and written["model"] == "mlp" and written["max_steps"] == 3
 
 
 def test_runtime_checks_fail_before_the_model_is_built(toy, tmp_path, monkeypatch):
