@@ -246,62 +246,54 @@ def _check_image(value: Any) -> str | None:
     return f"expected image bytes, a PIL image, a path or {{'bytes', 'path'}}, got {type(value).__name__}"
 
 
-def _walk(spec: DatasetSpec, feature: Any, value: Any, path: str, errors: list[str]) -> None:
-    from datasets import Image, List, Sequence, Value
-
-    def choice_check(v: Any) -> None:
-        allowed = spec.choices.get(path)
-        if allowed is not None and v not in allowed:
-            errors.append(f"field '{path}': {v!r} is not one of {', '.join(allowed)}")
-
-    if value is None:
-        if path in spec.nullable:
-            return
-        errors.append(f"field '{path}': is None but may not be null")
-        return
-    if isinstance(feature, dict):
-        if not isinstance(value, Mapping):
-            errors.append(f"field '{path}': expected a mapping, got {type(value).__name__}")
-            return
-        for name, sub in feature.items():
-            sub_path = f"{path}.{name}" if path else name
-            if name not in value:
-                if sub_path not in spec.nullable:  # a nullable nested key may be left out
-                    errors.append(f"field '{sub_path}': missing")
-            else:
-                _walk(spec, sub, value[name], sub_path, errors)
-        extra = sorted(set(value) - set(feature))
-        if extra:
-            errors.append(f"unknown field(s) {', '.join(repr(e) for e in extra)}" + (f" in '{path}'" if path else ""))
-        return
-    if isinstance(feature, (List, Sequence)):
-        if not isinstance(value, (list, tuple)):
-            errors.append(f"field '{path}': expected a list, got {type(value).__name__}")
-            return
-        n = spec.fixed_len.get(path)
-        if n is not None and len(value) != n:
-            errors.append(f"field '{path}': expected {n} values, got {len(value)}")
-        for item in value:
-            # items of a list share the list's path: `objects.bbox`, `messages.role`
-            _walk(spec, feature.feature, item, path, errors)
-        return
-    if isinstance(feature, Image):
-        problem = _check_image(value)
-        if problem:
-            errors.append(f"field '{path}': {problem}")
-        return
-    if isinstance(feature, Value):
-        problem = _check_value(feature.dtype, value)
-        if problem:
-            errors.append(f"field '{path}': {problem}")
-        else:
-            choice_check(value)
-
-
 def record_errors(spec: DatasetSpec, record: Mapping[str, Any]) -> list[str]:
     """Every way ``record`` breaks ``spec``, as messages naming the field; empty when valid."""
+    # imported once per call, not per field: the walk below is on the writer's hot path
+    from datasets import Image, List, Sequence, Value
+
     errors: list[str] = []
-    _walk(spec, dict(spec.features), record, "", errors)
+
+    def walk(feature: Any, value: Any, path: str) -> None:
+        if value is None:
+            if path not in spec.nullable:
+                errors.append(f"field '{path}': is None but may not be null")
+            return
+        if isinstance(feature, dict):
+            if not isinstance(value, Mapping):
+                errors.append(f"field '{path}': expected a mapping, got {type(value).__name__}")
+                return
+            for name, sub in feature.items():
+                sub_path = f"{path}.{name}" if path else name
+                if name in value:
+                    walk(sub, value[name], sub_path)
+                elif sub_path not in spec.nullable:  # a nullable nested key may be left out
+                    errors.append(f"field '{sub_path}': missing")
+            extra = sorted(set(value) - set(feature))
+            if extra:
+                where = f" in '{path}'" if path else ""
+                errors.append(f"unknown field(s) {', '.join(repr(e) for e in extra)}{where}")
+        elif isinstance(feature, (List, Sequence)):
+            if not isinstance(value, (list, tuple)):
+                errors.append(f"field '{path}': expected a list, got {type(value).__name__}")
+                return
+            n = spec.fixed_len.get(path)
+            if n is not None and len(value) != n:
+                errors.append(f"field '{path}': expected {n} values, got {len(value)}")
+            for item in value:  # items share the list's path: `objects.bbox`, `messages.role`
+                walk(feature.feature, item, path)
+        elif isinstance(feature, Image):
+            problem = _check_image(value)
+            if problem:
+                errors.append(f"field '{path}': {problem}")
+        elif isinstance(feature, Value):
+            problem = _check_value(feature.dtype, value)
+            allowed = spec.choices.get(path)
+            if problem:
+                errors.append(f"field '{path}': {problem}")
+            elif allowed is not None and value not in allowed:
+                errors.append(f"field '{path}': {value!r} is not one of {', '.join(allowed)}")
+
+    walk(dict(spec.features), record, "")
     return errors
 
 

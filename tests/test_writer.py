@@ -341,3 +341,9 @@ def test_explicit_split_and_unknown_split(tmp_path):
             w.add(record(2), split="train")
         w.finalize()
     assert list(load(tmp_path / "ds")) == ["test"]
+    with DatasetWriter(tmp_path / "two", SPEC, config={}) as w:
+        with pytest.raises(RecordError, match="differs from split 'train'.*records of one input share a split"):
+            with w.unit("atlas.pdf"):
+                w.add(record(1), split="train")
+                w.add(record(2), split="test")
+        assert not w.is_done("atlas.pdf")
