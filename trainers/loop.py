@@ -49,6 +49,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ STATE_FILE = "trainer_state.json"
 SUMMARY_FILE = "train_summary.json"
 CONFIG_FILE = "config.yaml"
 MODEL_DIR = "model"
+LOCK_FILE = ".train.lock"
 _CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"  # temp folders: never a complete checkpoint, removed at the next start
 
@@ -402,6 +404,40 @@ def _save_checkpoint(accelerator: "Accelerator", root: Path, step: int, state: d
     return final
 
 
+@contextlib.contextmanager
+def _output_lock(output_dir: Path, enabled: bool) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder: two runs writing the same checkpoints would
+    corrupt each other. The OS drops the lock when the process dies, even by kill -9."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; run without the guard
+        enabled = False
+    if not enabled:
+        yield
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(output_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise OutputError(
+            f"{output_dir} is in use by another training run ({holder}); "
+            "wait for it to finish or choose another output_dir"
+        ) from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
 def _resolve_resume(args: TrainArgs, output_dir: Path) -> Optional[Path]:
     if args.resume == "never":
         existing = list_checkpoints(output_dir)
@@ -506,6 +542,18 @@ def _make_accelerator(args: TrainArgs, output_dir: Path, log_with: Optional[str]
     return accelerator
 
 
+def _pin_generator(loader: Any, generator: "torch.Generator") -> None:
+    # Accelerate's wrappers pass the loader's generator on to the DataLoader they build, except
+    # the dispatcher used for iterable datasets, which drops it: put it back, so that creating the
+    # iterator draws its base seed from our generator, not from the global RNG.
+    from torch.utils.data import DataLoader
+
+    while loader is not None:
+        if isinstance(loader, DataLoader) and loader.generator is None:
+            loader.generator = generator
+        loader = getattr(loader, "base_dataloader", None)
+
+
 def _unpack_loss(out: Any) -> "tuple[torch.Tensor, Mapping[str, Any]]":
     if isinstance(out, tuple):
         loss, metrics = out
@@ -530,21 +578,30 @@ def train(task: TrainTask, args: TrainArgs, config: Any = None) -> TrainResult:
 
     Raises:
         ConfigError: an invalid value (named), found before any model is built.
-        OutputError: ``resume=never`` on a folder that holds checkpoints.
+        OutputError: ``resume=never`` on a folder that holds checkpoints, or a folder in use by
+            another run.
     """
-    import torch
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-
     started = time.time()
     args.validate()
     if args.eval_every and not _overrides(task, "evaluate"):
         raise TrainConfigError(f"eval_every={args.eval_every} but {type(task).__name__} has no evaluate()")
     log_with = _check_trackers(args.log_with)
     output_dir = Path(args.output_dir)
-    ckpt_root = output_dir / CHECKPOINTS
-    resume_from = _resolve_resume(args, output_dir)
+    if args.resume not in ("auto", "never"):
+        _resolve_resume(args, output_dir)  # a wrong path fails now, before the accelerator starts
     accelerator = _make_accelerator(args, output_dir, log_with)
+    with _output_lock(output_dir, accelerator.is_main_process):
+        return _train(task, args, config, accelerator, log_with, started)
+
+
+def _train(task, args, config, accelerator, log_with, started) -> TrainResult:
+    import torch
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    output_dir = Path(args.output_dir)
+    ckpt_root = output_dir / CHECKPOINTS
+    resume_from = _resolve_resume(args, output_dir)  # under the lock: no other run is writing
     main = accelerator.is_main_process
     config = args if config is None else config
     cfg_hash = config_hash(config)
@@ -572,7 +629,10 @@ def train(task: TrainTask, args: TrainArgs, config: Any = None) -> TrainResult:
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(args))
     model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
-    batches_per_epoch = len(dataloader)
+    try:
+        batches_per_epoch: Optional[int] = len(dataloader)
+    except TypeError:  # an iterable dataset without a length: epochs end when the loader does
+        batches_per_epoch = None
     if batches_per_epoch == 0:
         raise TrainConfigError(
             f"batch_size={args.batch_size}: the training data gives no full batch on this process"
@@ -588,7 +648,7 @@ def train(task: TrainTask, args: TrainArgs, config: Any = None) -> TrainResult:
         losses, eval_history = list(state.get("losses", [])), list(state.get("eval_history", []))
         if state.get("config_hash") != cfg_hash and main:
             logger.warning("resuming %s with a config that differs from the checkpoint's", resume_from)
-        if batch_in_epoch > batches_per_epoch:
+        if batches_per_epoch is not None and batch_in_epoch > batches_per_epoch:
             raise TrainConfigError(
                 f"cannot resume {resume_from}: it stopped at batch {batch_in_epoch} of an epoch, "
                 f"but the data now gives {batches_per_epoch} batches per epoch"
@@ -602,8 +662,8 @@ def train(task: TrainTask, args: TrainArgs, config: Any = None) -> TrainResult:
         accelerator.init_trackers(task.name, config=flat)
     if main:
         logger.info(
-            "training %s: steps %d..%d, %d batches/epoch, batch %d x accum %d x %d processes",
-            task.name, step, args.max_steps, batches_per_epoch, args.batch_size,
+            "training %s: steps %d..%d, %s batches/epoch, batch %d x accum %d x %d processes",
+            task.name, step, args.max_steps, batches_per_epoch or "?", args.batch_size,
             args.grad_accum_steps, accelerator.num_processes,
         )
 
@@ -622,15 +682,17 @@ def train(task: TrainTask, args: TrainArgs, config: Any = None) -> TrainResult:
     last_saved: Optional[Path] = resume_from
     progress = tqdm(total=args.max_steps, initial=step, desc=task.name, disable=not main, dynamic_ncols=True)
     step_loss = torch.zeros((), device=accelerator.device)
-    step_metrics: dict[str, float] = {}
+    step_metrics: dict[str, Any] = {}  # summed over the step's micro-batches, synced only to log
     micro = 0
     while step < args.max_steps:
+        epoch_start, produced = batch_in_epoch, 0
         loader_generator.manual_seed(args.seed * 1_000_003 + epoch)
         dataloader.set_epoch(epoch)
         epoch_loader = dataloader
         if batch_in_epoch:
             epoch_loader = accelerator.skip_first_batches(dataloader, batch_in_epoch)
             epoch_loader.set_epoch(epoch)
+        _pin_generator(epoch_loader, loader_generator)
         for batch in epoch_loader:
             with accelerator.accumulate(model):
                 loss, metrics = _unpack_loss(task.loss(model, batch))
@@ -640,10 +702,12 @@ def train(task: TrainTask, args: TrainArgs, config: Any = None) -> TrainResult:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             batch_in_epoch += 1
+            produced += 1
             micro += 1
             step_loss += loss.detach().float()
             for key, value in metrics.items():
-                step_metrics[key] = step_metrics.get(key, 0.0) + _scalar(value)
+                value = value.detach().float().mean() if hasattr(value, "detach") else float(value)
+                step_metrics[key] = step_metrics.get(key, 0.0) + value
             if not accelerator.sync_gradients:
                 continue
 
@@ -651,7 +715,7 @@ def train(task: TrainTask, args: TrainArgs, config: Any = None) -> TrainResult:
             if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: keep the schedule in place
                 scheduler.step()
             step += 1
-            if batch_in_epoch >= batches_per_epoch:
+            if batches_per_epoch is not None and batch_in_epoch >= batches_per_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0
             mean_loss = step_loss.item() / micro
             losses.append(mean_loss)
@@ -660,7 +724,7 @@ def train(task: TrainTask, args: TrainArgs, config: Any = None) -> TrainResult:
             progress.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{lr:.3g}")
             if step % args.log_every == 0 or step == args.max_steps:
                 logged = {"train/loss": accelerator.reduce(step_loss / micro, "mean").item(), "train/lr": lr}
-                logged.update({f"train/{k}": v / micro for k, v in step_metrics.items()})
+                logged.update({f"train/{k}": _scalar(v) / micro for k, v in step_metrics.items()})
                 if log_with:
                     accelerator.log(logged, step=step)
                 if main:
@@ -676,8 +740,10 @@ def train(task: TrainTask, args: TrainArgs, config: Any = None) -> TrainResult:
                 last_saved = _save_checkpoint(accelerator, ckpt_root, step, trainer_state(), args.keep_checkpoints)
             if step >= args.max_steps:
                 break
-        else:
-            if batch_in_epoch:  # the loader ended without a final optimizer step: next epoch anyway
+        else:  # the loader is exhausted
+            if produced == 0 and epoch_start == 0:
+                raise TrainConfigError("the training data loader yielded no batch")
+            if batch_in_epoch:  # no optimizer step ended exactly at the epoch's end: next epoch
                 epoch, batch_in_epoch = epoch + 1, 0
     progress.close()
     if step > args.max_steps and main:

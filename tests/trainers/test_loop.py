@@ -34,7 +34,7 @@ import time
 
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from pathasst.trainers.loop import TrainArgs, TrainTask
 
@@ -69,6 +69,28 @@ class EvalToyTask(ToyTask):
         torch.rand(100)  # evaluation that draws random numbers must not change the training run
         with torch.no_grad():
             return {"mse": nn.functional.mse_loss(model(self.x), self.y)}
+
+
+class OwnLoaderToyTask(ToyTask):
+    """A family that builds its own loader, with no generator of its own."""
+
+    def train_dataloader(self, args):
+        return DataLoader(self.train_dataset(args), batch_size=args.batch_size, shuffle=True, drop_last=True)
+
+
+class _Stream(IterableDataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y))
+
+
+class StreamToyTask(ToyTask):
+    """An iterable dataset without a length."""
+
+    def train_dataloader(self, args):
+        return DataLoader(_Stream(self.x, self.y), batch_size=args.batch_size)
 
 
 def toy_args(output_dir, **overrides):
@@ -135,31 +157,50 @@ def _env():
     return env
 
 
-def _start(toy_dir: Path, output_dir: Path, step_sleep: float = 0.0, hang_in: str = "-"):
+def _start(toy_dir: Path, output_dir: Path, step_sleep: float = 0.0, hang_in: str = "-", processes: int = 1):
     stderr = open(output_dir.parent / f"{output_dir.name}.stderr", "ab")
-    return subprocess.Popen(
-        [sys.executable, "-u", str(toy_dir / "run_toy.py"), str(output_dir), str(step_sleep), hang_in],
-        stdout=subprocess.PIPE, stderr=stderr, text=True, env=_env(), cwd=toy_dir,
-    )
+    script = [str(toy_dir / "run_toy.py"), str(output_dir), str(step_sleep), hang_in]
+    env = _env()
+    if processes == 1:
+        command = [sys.executable, "-u", *script]
+    else:  # torchrun on CPU: gloo over loopback, one process per rank
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", *script]
+        env.update(ACCELERATE_USE_CPU="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=toy_dir)
 
 
-def _run_to_end(toy_dir: Path, output_dir: Path) -> str:
-    proc = _start(toy_dir, output_dir)
+def _run_to_end(toy_dir: Path, output_dir: Path, processes: int = 1) -> str:
+    proc = _start(toy_dir, output_dir, processes=processes)
     out, _ = proc.communicate(timeout=120)
     err = (output_dir.parent / f"{output_dir.name}.stderr").read_text()[-3000:]
     assert proc.returncode == 0, out[-3000:] + err
     return out
 
 
+def _kill_tree(pid: int) -> None:
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
 def _run_until(toy_dir: Path, output_dir: Path, marker: str, **kwargs) -> list[str]:
-    """Start a run, SIGKILL it as soon as a stdout line contains ``marker``."""
+    """Start a run, SIGKILL it (and every process it started) when stdout shows ``marker``."""
     proc = _start(toy_dir, output_dir, **kwargs)
     lines, deadline = [], time.monotonic() + 120
     try:
         for line in proc.stdout:
             lines.append(line)
             if marker in line:
-                os.kill(proc.pid, signal.SIGKILL)
+                _kill_tree(proc.pid)
                 break
             assert time.monotonic() < deadline, "the run never printed " + marker
         else:
@@ -281,6 +322,24 @@ def test_kill_during_checkpoint_save_leaves_no_complete_checkpoint(toy_dir, refe
     _assert_same_state(reference_run / "checkpoints" / "step-30", ckpts / "step-30")
 
 
+@pytest.mark.slow
+def test_two_process_kill_and_resume_is_bitwise_identical(toy_dir, tmp_path):
+    """The same under data parallelism (2 CPU processes): per-rank RNG states, sharded batches,
+    and the main process declaring checkpoints complete only after every rank saved."""
+    reference = tmp_path / "reference"
+    _run_to_end(toy_dir, reference, processes=2)
+    summary = json.loads((reference / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2
+    assert (reference / "checkpoints" / "step-30" / "random_states_1.pkl").is_file()
+
+    out = tmp_path / "run"
+    _run_until(toy_dir, out, "checkpoint saved", step_sleep=0.05, processes=2)
+    assert not (out / "train_summary.json").exists()
+    resumed = _run_to_end(toy_dir, out, processes=2)
+    assert "resumed from" in resumed
+    _assert_same_state(reference / "checkpoints" / "step-30", out / "checkpoints" / "step-30")
+
+
 def test_incomplete_checkpoint_folders_are_ignored(toy, tmp_path):
     out = tmp_path / "run"
     ckpts = out / "checkpoints"
@@ -304,14 +363,33 @@ def test_resume_never_refuses_a_folder_with_checkpoints(toy, tmp_path):
         train(toy.ToyTask(), toy.toy_args(out, max_steps=6, resume="never"))
 
 
-def test_resume_from_an_explicit_checkpoint(toy, tmp_path):
+def test_a_folder_in_use_by_another_run_is_refused(toy, tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / loop.LOCK_FILE, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 1 on elsewhere")
+        held.flush()
+        with pytest.raises(OutputError, match="in use by another training run"):
+            train(toy.ToyTask(), toy.toy_args(out, max_steps=4))
+    loop.reset_accelerate_state()
+    assert train(toy.ToyTask(), toy.toy_args(out, max_steps=4, save_every=0)).final_step == 4
+
+
+@pytest.mark.parametrize("task_name", ["ToyTask", "OwnLoaderToyTask", "StreamToyTask"])
+def test_resume_from_an_explicit_checkpoint(toy, tmp_path, task_name):
+    # in-process variant of kill-and-resume: step 4 of 5 per epoch is mid-epoch; the task's own
+    # loader without a generator must resume exactly too, and so must a loader without a length
+    task = getattr(toy, task_name)
     first = tmp_path / "first"
-    train(toy.ToyTask(), toy.toy_args(first, max_steps=10, save_every=4, keep_checkpoints=0))
+    train(task(), toy.toy_args(first, max_steps=10, save_every=4, keep_checkpoints=0))
     loop.reset_accelerate_state()
     result = train(
-        toy.ToyTask(), toy.toy_args(tmp_path / "second", max_steps=10, resume=str(first / "checkpoints" / "step-4"))
+        task(), toy.toy_args(tmp_path / "second", max_steps=10, resume=str(first / "checkpoints" / "step-4"))
     )
     assert result.start_step == 4 and result.final_step == 10
+    assert result.resumed_from == first / "checkpoints" / "step-4"
     _assert_same_state(first / "checkpoints" / "step-10", tmp_path / "second" / "checkpoints" / "step-10")
 
 
