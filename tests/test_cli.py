@@ -71,3 +71,10 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     assert result.returncode == 3
     assert "Traceback" not in result.stderr
     assert "pathasst demo: error: cannot create run folder" in result.stderr
+
+
+def test_train_dispatches_to_the_family_registry(capsys):
+    assert main(["train", "pathclip", "--recipe", "tiny", "max_steps=3"]) == 2
+    assert "`pathasst train pathclip` is not available yet: it arrives with issue #7" in capsys.readouterr().err
+    assert main(["train", "nosuch"]) == 2
+    assert "unknown model family 'nosuch'; known: selector" in capsys.readouterr().err
