@@ -511,6 +511,18 @@ def test_runtime_checks_fail_before_the_model_is_built(toy, tmp_path, monkeypatc
         train(toy.ToyTask(), toy.toy_args(tmp_path / "e", gradient_checkpointing=True))
 
 
+def test_launcher_accumulation_that_disagrees_with_the_recipe_is_refused(toy, tmp_path, monkeypatch):
+    # what `accelerate launch` exports when its config file sets gradient_accumulation_steps
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+    with pytest.raises(ConfigError, match="grad_accum_steps=2 but the accelerate launcher set 4"):
+        train(toy.ToyTask(), toy.toy_args(tmp_path / "run"))
+
+
+def test_bf16_on_cpu_trains(toy, tmp_path):
+    result = train(toy.ToyTask(), toy.toy_args(tmp_path / "run", max_steps=4, save_every=0, mixed_precision="bf16"))
+    assert result.final_step == 4 and all(0 < loss < 10 for loss in result.losses)
+
+
 @pytest.mark.parametrize(
     "schedule, expected",
     [
