@@ -118,6 +118,8 @@ def load_config(
     overrides = list(overrides)
     if overrides:
         cfg = _merge(cfg, parse_overrides(overrides), f"command-line override ({' '.join(overrides)})")
+        # a check that spans keys cannot tell which layer broke it: name both
+        origin_file = f"{origin_file} with overrides ({' '.join(overrides)})"
     try:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:

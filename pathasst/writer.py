@@ -50,11 +50,14 @@ UNITS = "units.jsonl"
 REJECTS = "rejects.jsonl"
 CONFIG = "config.yaml"
 DEFAULT_SPLITS: dict[str, float] = {"train": 0.9, "validation": 0.05, "test": 0.05}
-# Row groups are cut by size like `datasets` does (its MAX_ROW_GROUP_SIZE, 100 MB); the column
-# options (no compression, plain encoding for embedded image bytes), content-defined chunking (so a
-# regenerated dataset deduplicates well on upload) and the page index are `datasets`' own choices
-# for Parquet, taken from its ParquetWriter so both write the same files.
-MAX_GROUP_BYTES = 100 << 20
+# The column options (no compression, plain encoding for embedded image bytes), content-defined
+# chunking (a regenerated dataset deduplicates well on upload) and the page index are `datasets`'
+# own Parquet choices, taken from its ParquetWriter. Row groups differ on purpose: `datasets` 5 cuts
+# them at 100 MB, which with one open part per split and the encode/Arrow copies measured 620 MiB of
+# heap in benchmarks/perf/shard_writer.py; 100 rows (or 32 MB) keeps the writer's memory flat and
+# small, and lets the Hub viewer and streaming read a few images without pulling a whole group.
+ROWS_PER_GROUP = 100
+MAX_GROUP_BYTES = 32 << 20
 
 
 def assign_split(group: str, ratios: Mapping[str, float], salt: str = "pathasst") -> str:
@@ -503,7 +506,7 @@ class DatasetWriter:
             part.rows.append(row)
             part.row_bytes += _row_size(row)
             part.num_records += 1
-            if part.row_bytes >= MAX_GROUP_BYTES:
+            if len(part.rows) >= ROWS_PER_GROUP or part.row_bytes >= MAX_GROUP_BYTES:
                 self._guard_io(part.flush_group, self.schema)
             self._record_keys.add(row[self.spec.key])
             self._records_per_split[split] += 1
