@@ -534,3 +534,22 @@ def test_bf16_on_cpu_trains(toy, tmp_path):
 def test_schedules_warm_up_then_decay_in_optimizer_steps(schedule, expected):
     factor = loop._lr_lambda(TrainArgs(max_steps=6, warmup_steps=2, schedule=schedule))
     assert [factor(s) for s in (0, 1, 2, 4, 6)] == pytest.approx(expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_on_cuda_trains_and_resumes(toy, tmp_path, precision):
+    """Run where a CUDA device exists (`pytest -m gpu`): the same loop, on the GPU, in fp16/bf16."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    args = toy.toy_args(tmp_path / "run", max_steps=8, save_every=4, mixed_precision=precision)
+    result = train(toy.ToyTask(), args)
+    assert result.final_step == 8 and all(0 < loss < 10 for loss in result.losses)
+    from pathasst.trainers.loop import reset_accelerate_state
+
+    reset_accelerate_state()
+    again = train(toy.ToyTask(), toy.toy_args(tmp_path / "run", max_steps=12, save_every=4,
+                                              mixed_precision=precision))
+    assert again.start_step == 8 and again.final_step == 12
