@@ -189,6 +189,14 @@ class TrainArgs:
             fail("resume", "'auto', 'never' or a checkpoint path")
         if not self.output_dir:
             fail("output_dir", "a folder path")
+        if self.data:
+            from pathasst.errors import InputError
+            from pathasst.inputs import data_ref
+
+            try:
+                data_ref(self.data)
+            except InputError as exc:
+                raise TrainConfigError(str(exc)) from None
 
 
 @dataclass
