@@ -94,6 +94,14 @@ def _features():
             "width": Value("int32"),
             "height": Value("int32"),
             "phash": Value("string"),
+            # provenance kept by the extractors (issue 3): the printed label ("Figure 2.5"), the
+            # figure's box on its page in PDF points, the licence URL, the non-commercial flag a
+            # release filters on, and source-specific extras as a JSON object (doi, pmid, dpi, ...)
+            "figure_label": Value("string"),
+            "page_bbox": bbox,
+            "license_url": Value("string"),
+            "noncommercial": Value("bool"),
+            "meta": Value("string"),
         }
     )
     pathsubfig = Features(
@@ -158,9 +166,12 @@ def specs() -> dict[str, DatasetSpec]:
                 name="pathcap",
                 features=pathcap,
                 key="id",
-                nullable=frozenset({"subfigure_label", "bbox", "page", "pathology_score", "phash"}),
+                nullable=frozenset({
+                    "subfigure_label", "bbox", "page", "pathology_score", "phash",
+                    "figure_label", "page_bbox", "license_url", "noncommercial", "meta",
+                }),
                 choices={"source": SOURCES},
-                fixed_len={"bbox": 4},
+                fixed_len={"bbox": 4, "page_bbox": 4},
                 group=pathcap_group,
                 description="Pathology image-caption pairs (figure- and subfigure-level).",
             ),

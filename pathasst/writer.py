@@ -167,7 +167,7 @@ class _OpenPart:
         if not self.rows:
             return
         # one batch encode per row group: encoding record by record costs ~3x as much
-        batch = self.features.encode_batch({name: [r[name] for r in self.rows] for name in self.features})
+        batch = self.features.encode_batch({name: [r.get(name) for r in self.rows] for name in self.features})
         table = pa.Table.from_pydict(batch, schema=schema)
         self.writer.write_table(table)
         self.num_bytes += table.nbytes
