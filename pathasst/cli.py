@@ -41,7 +41,7 @@ class Verb:
 
 VERBS: tuple[Verb, ...] = (
     Verb("extract", "figure-caption records from PDFs, PMC OA packages, web pages, private folders",
-         "dataset_builders", issue=3, usage="pathasst extract {pdf,pmc,web,private} PATH... --out DIR"),
+         "dataset_builders", module="pathasst.dataset_builders.extract.cli:add_arguments"),
     Verb("curate", "select, detect subfigures, split/align/refine captions, dedup, decontaminate",
          "dataset_builders", issue=4,
          usage="pathasst curate {select,detect,split,align,refine,dedup,decontam} DATASET... --out DIR"),
