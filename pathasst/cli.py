@@ -43,12 +43,11 @@ VERBS: tuple[Verb, ...] = (
     Verb("extract", "figure-caption records from PDFs, PMC OA packages, web pages, private folders",
          "dataset_builders", module="pathasst.dataset_builders.extract.cli:add_arguments"),
     Verb("curate", "select, detect subfigures, split/align/refine captions, dedup, decontaminate",
-         "dataset_builders", issue=4,
-         usage="pathasst curate {select,detect,split,align,refine,dedup,decontam} DATASET... --out DIR"),
+         "dataset_builders", module="pathasst.dataset_builders.curate.cli:add_arguments"),
     Verb("generate", "instruction data (PathInstruct) through any OpenAI-compatible endpoint",
          "dataset_builders", issue=6, usage="pathasst generate instruct DATASET --out DIR --recipe NAME"),
     Verb("build", "assemble the published datasets (PathCap, PathInstruct, PathSubfig)",
-         "dataset_builders", issue=4, usage="pathasst build {pathcap,subfig,instruct} --out DIR ..."),
+         "dataset_builders", module="pathasst.dataset_builders.build.cli:add_arguments"),
     Verb("train", "train a model family: selector, subfig, splitter, pathclip, pathasst",
          "trainers", module="pathasst.trainers.cli:add_arguments"),
     Verb("bench", "run benchmark tasks, score submissions, build the leaderboard",
@@ -102,14 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter,
             )
             p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-            p.set_defaults(func=_not_landed(verb))
+            p.set_defaults(func=_not_landed(verb), accepts_anything=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `pathasst` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # verbs that have not landed take any arguments (options included) and say so
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_anything", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

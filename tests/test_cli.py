@@ -78,3 +78,13 @@ def test_train_dispatches_to_the_family_registry(capsys):
     assert "`pathasst train pathclip` is not available yet: it arrives with issue #7" in capsys.readouterr().err
     assert main(["train", "nosuch"]) == 2
     assert "unknown model family 'nosuch'; known: selector" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, issue", [
+    (["curate", "dedup", "caps/", "--out", "x"], 5),
+    (["build", "instruct", "--out", "x"], 6),
+])
+def test_subcommands_not_landed_say_which_issue_brings_them(argv, issue, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"`pathasst {argv[0]} {argv[1]}` is not available yet: it arrives with issue #{issue}" in err
