@@ -88,3 +88,10 @@ def test_subcommands_not_landed_say_which_issue_brings_them(argv, issue, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"`pathasst {argv[0]} {argv[1]}` is not available yet: it arrives with issue #{issue}" in err
+
+
+def test_landed_verbs_still_refuse_unknown_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--bogus"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
