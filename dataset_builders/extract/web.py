@@ -49,10 +49,13 @@ Licence: a figure's own ``rel="license"`` or Creative Commons link, else the pag
 a Creative Commons link or badge anywhere), through :func:`normalize_license`; else the config's
 ``license``; else ``unknown`` with the flag ``license_unknown`` in ``meta``.
 
-Records: ``source="web"``, ``source_id`` the page URL (after redirects; a local page's
-``file://`` URI), ``figure_id = sha256(page URL)[:16]/f<index>`` with the index of the figure
-among the page's candidates in document order (for a local page its content sha256 stands in for
-the URL, so the id does not depend on where the file lies).
+Records: ``source="web"``, ``source_id`` the page URL (after redirects, with the URL asked for in
+``meta.requested_url`` when they differ; a local page's ``file://`` URI), ``figure_id =
+sha256(URL)[:16]/f<index>`` with the URL as listed (normalised, before redirects, so the id is as
+stable as the unit key) and the index of the figure among the page's candidates in document order.
+For a local page its content sha256 stands in for the URL, so the id does not depend on where the
+file lies. robots.txt rules are matched on the first product token of ``user_agent``
+(``pathasst`` by default), first matching rule wins (the stdlib parser: no ``*``/``$`` wildcards).
 """
 
 from __future__ import annotations
@@ -302,7 +305,8 @@ class HostState:
         return parser
 
 
-_LOCAL_STATE: Optional[HostState] = None
+_STATES: dict[str, HostState] = {}  # by run folder: each process parses a host's robots.txt once
+_OWN_STATE_DIR: Optional[str] = None
 
 
 def _run_state_dir() -> str:
@@ -313,12 +317,18 @@ def _run_state_dir() -> str:
 
 
 def _host_state(root: Optional[str]) -> HostState:
-    global _LOCAL_STATE
-    if root and Path(root).is_dir():
-        return HostState(root)
-    if _LOCAL_STATE is None or not _LOCAL_STATE.root.is_dir():
-        _LOCAL_STATE = HostState(_run_state_dir())
-    return _LOCAL_STATE
+    """The run's shared state; a unit made without one (a direct call) gets this process's own."""
+    global _OWN_STATE_DIR
+    if not root or not Path(root).is_dir():
+        if _OWN_STATE_DIR is None or not Path(_OWN_STATE_DIR).is_dir():
+            _OWN_STATE_DIR = _run_state_dir()
+        root = _OWN_STATE_DIR
+    state = _STATES.get(root)
+    if state is None:
+        if len(_STATES) > 16:  # the runs of a long-lived process come and go
+            _STATES.clear()
+        state = _STATES[root] = HostState(root)
+    return state
 
 
 def _retry_after(value: Optional[str]) -> Optional[float]:
@@ -355,8 +365,14 @@ class Fetcher:
         host = _host_key(url)
 
         def fetch() -> tuple[int, str]:
+            url = host + "/robots.txt"
             try:
-                got = self._get_once_with_retries(host + "/robots.txt", 1 << 20, robots=None, accept_errors=True)
+                for _ in range(_MAX_REDIRECTS + 1):  # RFC 9309 2.3.1.2: follow up to five redirects
+                    got = self._get_once_with_retries(url, 1 << 20, robots=None, accept_errors=True)
+                    location = got.headers.get("location")
+                    if got.status not in (301, 302, 303, 307, 308) or not location:
+                        break
+                    url = urljoin(url, location)
             except FetchError:
                 return 599, ""  # unreachable after retries
             return got.status, got.body.decode("utf-8", "replace")

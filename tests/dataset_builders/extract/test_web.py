@@ -179,6 +179,27 @@ def test_robots_txt_server_error_disallows_everything(http_server):
     assert [r.url_path for r in http_server.requests] == ["/robots.txt", "/robots.txt"]
 
 
+def test_redirects_are_followed_and_each_hop_checked(http_server):
+    http_server.routes.update({
+        "/robots.txt": (200, {}, "User-agent: *\nDisallow: /private/\n"),
+        "/old.html": (301, {"Location": "/new/page.html"}, ""),
+        "/new/page.html": page('<figure><img src="pic.png"><figcaption>Fig. 1. Moved page.</figcaption></figure>'),
+        "/new/pic.png": (302, {"Location": "/private/pic.png"}, ""),
+        "/sneaky.html": (302, {"Location": "/private/x.html"}, ""),
+    })
+    results = extract([http_server.url_for("/old.html"), http_server.url_for("/sneaky.html")])
+    rejects = rejects_of(results)
+    assert rejects[f"web:{http_server.url_for('/sneaky.html')}"].startswith("robots: disallowed")
+    (reason,) = [v for k, v in rejects.items() if k.endswith("/f0")]
+    assert reason.startswith("robots: disallowed")
+    assert not any(r.url_path.startswith("/private/") for r in http_server.requests)
+    http_server.routes["/new/pic.png"] = png()
+    (rec,) = records_of(extract([http_server.url_for("/old.html")]))
+    assert rec["source_id"] == http_server.url_for("/new/page.html")
+    assert meta(rec)["requested_url"] == http_server.url_for("/old.html")
+    assert rec["figure_id"].startswith(web.hashlib.sha256(http_server.url_for("/old.html").encode()).hexdigest()[:16])
+
+
 def test_user_agent_is_sent_on_every_request(http_server):
     http_server.routes.update({
         "/robots.txt": (200, {}, "User-agent: *\nAllow: /\n"),
