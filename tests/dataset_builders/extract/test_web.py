@@ -268,6 +268,23 @@ def test_429_retry_after_then_success_and_5xx_backoff(http_server):
     assert "exceeds max_retry_after" in reason
 
 
+def test_dropped_connections_are_retried_and_timeouts_reported(http_server):
+    from pathasst.testing.http_server import dropped, slow
+
+    http_server.routes.update({
+        "/robots.txt": (404, {}, ""),
+        "/p.html": page('<figure><img src="/a.png"><figcaption>Fig. 1. After a reset.</figcaption></figure>'
+                        '<figure><img src="/slow.png"><figcaption>Fig. 2. Too slow.</figcaption></figure>'),
+        "/a.png": png(1),
+        "/slow.png": slow(3, png(2)),
+    })
+    http_server.queue("/a.png", dropped())
+    results = extract([http_server.url_for("/p.html")], timeout=0.3, retries=1)
+    assert [r["caption"] for r in records_of(results)] == ["After a reset."]
+    (reason,) = rejects_of(results).values()
+    assert reason.startswith("network: ") and reason.endswith("(gave up after 2 attempts)")
+
+
 def test_missing_broken_and_tiny_images_go_to_the_ledger(http_server):
     from pathasst.testing.images import make_truncated_image
 
