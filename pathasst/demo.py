@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 class DemoContext:
     out: Path
     max_side: int
+    collection: str = "sample"
     results: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
@@ -59,7 +60,7 @@ def _crop_png(micrograph, crop: list[int] | None) -> bytes:
 
 
 def stage_sample(ctx: DemoContext) -> dict[str, Any]:
-    """Write the embedded sample as input files plus a JSONL manifest, as a collection would arrive."""
+    """Write the embedded sample as a private collection would arrive: images plus a manifest."""
     from skimage.data import immunohistochemistry
 
     sample = _load_sample()
@@ -80,41 +81,32 @@ def stage_sample(ctx: DemoContext) -> dict[str, Any]:
             "id": fig["id"],
             "image": name,
             "caption": fig["caption"].strip(),
-            "source_id": f"{sample['collection']}/{fig['id']}",
             "license": sample["license"],
+            "provenance": f"scikit-image data: immunohistochemistry, {fig.get('crop') or 'whole image'}",
         })
     with open(inputs / "figures.jsonl", "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
+    ctx.collection = sample["collection"]
     return {"inputs": len(rows), "manifest": "inputs/figures.jsonl",
             "source": "skimage.data.immunohistochemistry (real IHC micrograph)"}
 
 
-def stage_assemble(ctx: DemoContext) -> dict[str, Any]:
-    """Turn the input manifest into a PathCap dataset folder through the shared dataset writer."""
-    from tqdm.auto import tqdm
+def stage_extract_private(ctx: DemoContext) -> dict[str, Any]:
+    """`pathasst extract private inputs/figures.jsonl --out pathcap`, the real source extractor."""
+    from pathasst.config import load_config
+    from pathasst.dataset_builders.extract.common import run_extract
+    from pathasst.dataset_builders.extract.private import SOURCE
 
-    from pathasst.records import get_spec
-    from pathasst.writer import DatasetWriter
-
-    inputs = ctx.out / "inputs"
-    rows = [json.loads(line) for line in open(inputs / "figures.jsonl")]
-    spec = get_spec("pathcap")
-    config = {"stage": "demo-assemble", "max_side": ctx.max_side, "inputs": "inputs/figures.jsonl"}
-    with DatasetWriter(ctx.out / "pathcap", spec, config=config, command="pathasst demo") as writer:
-        for line_no, row in enumerate(tqdm(rows, desc="assemble PathCap", unit="fig"), 1):
-            # the unit is the input line, not the record id: two lines with one id are two inputs
-            # (the second is rejected as a duplicate), and a resumed run skips each line once
-            unit = f"figures.jsonl:{line_no}"
-            if writer.is_done(unit):
-                continue
-            with writer.unit(unit):
-                _assemble_one(writer, inputs, row, ctx.max_side)
-        summary = writer.finalize()
+    manifest = ctx.out / "inputs" / "figures.jsonl"
+    cfg = load_config(SOURCE.config, None, [f"collection={ctx.collection}", f"max_side={ctx.max_side}"])
+    summary = run_extract(SOURCE, cfg, [str(manifest)], str(ctx.out / "pathcap"),
+                          command="pathasst demo (extract private)")
+    inputs = sum(1 for line in open(manifest) if line.strip())
     accounted = summary.total_records + summary.rejected
-    if accounted != len(rows):
-        raise OutputError(f"accounting broken: {len(rows)} inputs but {accounted} records + rejections")
+    if accounted != inputs:
+        raise OutputError(f"accounting broken: {inputs} inputs but {accounted} records + rejections")
     return {
-        "inputs": len(rows),
+        "inputs": inputs,
         "records": summary.records,
         "rejected": summary.rejected,
         "reject_reasons": summary.reject_reasons,
@@ -122,37 +114,6 @@ def stage_assemble(ctx: DemoContext) -> dict[str, Any]:
         "bytes": summary.bytes,
         "folder": "pathcap",
     }
-
-
-def _assemble_one(writer, inputs: Path, row: dict[str, Any], max_side: int) -> None:
-    from pathasst.images import ImageRejected, image_phash, normalize_image
-
-    key = row["id"]
-    if not row["caption"]:
-        writer.reject(key, "empty caption: a figure needs a caption to become a PathCap record")
-        return
-    try:
-        img = normalize_image((inputs / row["image"]).read_bytes(), max_side=max_side)
-    except ImageRejected as exc:
-        writer.reject(key, exc.reason, image=row["image"])
-        return
-    writer.add({
-        "id": key,
-        "image": img.bytes_,
-        "caption": row["caption"],
-        "caption_raw": row["caption"],
-        "source": "private",
-        "source_id": row["source_id"],
-        "figure_id": key,
-        "subfigure_label": None,
-        "bbox": None,
-        "page": None,
-        "license": row["license"],
-        "pathology_score": None,
-        "width": img.width,
-        "height": img.height,
-        "phash": image_phash(img.bytes_),
-    })
 
 
 def stage_verify(ctx: DemoContext) -> dict[str, Any]:
@@ -171,7 +132,7 @@ def stage_verify(ctx: DemoContext) -> dict[str, Any]:
             groups.setdefault(spec.group_of(record), set()).add(split)
             checked += 1
     leaking = sorted(g for g, s in groups.items() if len(s) > 1)
-    expected = sum(ctx.results["assemble"]["records"].values())
+    expected = sum(ctx.results["extract"]["records"].values())
     if checked != expected or leaking:
         raise OutputError(f"verification failed: {checked} rows loaded, {expected} written; "
                           f"groups in several splits: {leaking}")
@@ -181,7 +142,7 @@ def stage_verify(ctx: DemoContext) -> dict[str, Any]:
 
 STAGES: tuple[Stage, ...] = (
     Stage("sample", "write the embedded sample (real IHC micrograph crops + broken inputs)", stage_sample),
-    Stage("assemble", "build a PathCap dataset folder with the resumable writer", stage_assemble),
+    Stage("extract", "extract private: the manifest -> a PathCap dataset folder", stage_extract_private),
     Stage("verify", "load it with datasets.load_dataset and check the record contract", stage_verify),
 )
 
@@ -223,11 +184,11 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
     for s in summary["stages"]:
         shown = {k: v for k, v in s.items() if k not in ("name", "description", "seconds", "shards")}
         lines.append(f"| {s['name']} | {s['description']} | {_readable(shown)} | {s['seconds']} |")
-    assemble = next((s for s in summary["stages"] if s["name"] == "assemble"), None)
-    if assemble:
+    extract = next((s for s in summary["stages"] if s["name"] == "extract"), None)
+    if extract:
         lines += ["", "Load the dataset:", "", "```python", "from datasets import load_dataset",
                   'ds = load_dataset("pathcap")  # path relative to this run folder', "```", "",
-                  f"Rejected inputs ({assemble['rejected']}) are listed with their reasons in "
+                  f"Rejected inputs ({extract['rejected']}) are listed with their reasons in "
                   "`pathcap/rejects.jsonl`."]
     return "\n".join(lines) + "\n"
 

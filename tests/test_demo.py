@@ -15,25 +15,26 @@ def test_demo_writes_run_folder_with_dataset_ledger_and_summary(tmp_path, capsys
     assert "[1/3] sample" in printed and f"Run folder: {out}" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert [s["name"] for s in summary["stages"]] == [s.name for s in STAGES]
-    assemble = next(s for s in summary["stages"] if s["name"] == "assemble")
-    assert assemble["inputs"] == 11
-    assert sum(assemble["records"].values()) == 7 and assemble["rejected"] == 4
-    assert assemble["reject_reasons"] == {"truncated image": 1, "not an image": 1, "empty caption": 1,
+    extract = next(s for s in summary["stages"] if s["name"] == "extract")
+    assert extract["inputs"] == 11
+    assert sum(extract["records"].values()) == 7 and extract["rejected"] == 4
+    assert extract["reject_reasons"] == {"truncated image": 1, "not an image": 1, "missing caption": 1,
                                           "duplicate id": 1}
     ledger = [json.loads(line) for line in (out / "pathcap" / "rejects.jsonl").read_text().splitlines()]
-    assert {item["id"] for item in ledger} == {"broken-truncated-file", "broken-not-an-image",
-                                               "broken-empty-caption", "ihc-stroma"}
+    assert {item["id"] for item in ledger} == {
+        "private:skimage-ihc/broken-truncated-file", "private:skimage-ihc/broken-not-an-image",
+        "private:skimage-ihc/broken-empty-caption", "private:skimage-ihc/ihc-stroma#row11"}
 
     from datasets import load_dataset
 
     ds = load_dataset(str(out / "pathcap"))
     rows = [r for split in ds.values() for r in split]
     assert len(rows) == 7
-    overview = next(r for r in rows if r["id"] == "ihc-overview")
+    overview = next(r for r in rows if r["id"] == "skimage-ihc/ihc-overview")
     assert overview["image"].size == (512, 512) and "FHL2" in overview["caption"]
     assert all(len(r["phash"]) == 16 for r in rows)
     assert len({r["phash"] for r in rows}) == 7  # different crops, different hashes
-    assert "| assemble |" in (out / "summary.md").read_text()
+    assert "| extract |" in (out / "summary.md").read_text()
 
 
 def test_demo_refuses_to_overwrite_a_run_unless_asked(tmp_path, capsys):
