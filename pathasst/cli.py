@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # verbs that have not landed take any arguments (options included) and say so
     args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "inputs", None), list) and not any(e.startswith("-") for e in extra):
+        args.inputs += extra  # `PATH --out DIR key=value`: positionals after an option
+        extra = []
     if extra and not getattr(args, "accepts_anything", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(

@@ -38,7 +38,10 @@ def test_wheel_holds_only_the_pathasst_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert top == {"pathasst", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
-    for folder in FOLDERS:
-        assert f"pathasst/{folder}/__init__.py" in names
+    # every package in the checkout is in the wheel (a subpackage missing from pyproject would not be)
+    for folder in ["pathasst", *FOLDERS]:
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.relative_to(ROOT).as_posix()
+            assert (rel if folder == "pathasst" else f"pathasst/{rel}") in names, rel
     assert "pathasst/dataset_builders/samples/demo_figures.yaml" in names
     assert not any(n.startswith("pathasst/tests") for n in names)

@@ -24,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 from pathasst.errors import ConfigError
+from pathasst.inputs import require_paths
 
 log = logging.getLogger(__name__)
 
@@ -318,9 +319,12 @@ def run_extract(
     from pathasst.records import get_spec
     from pathasst.writer import DatasetWriter
 
+    # local inputs must exist before the output folder is created (URLs and ids are checked later)
+    require_paths([p for p in paths if "://" not in p and not re.match(r"^[a-z]+:[^/\\]", p)])
     shard = cfg.shard_index()
     spec = get_spec("pathcap")
     seen = skipped = 0
+    queued: set[str] = set()  # keys handed to workers this run: an input listed twice runs once
     with DatasetWriter(
         out, spec, config=cfg, resume=resume, overwrite=overwrite,
         max_shard_bytes=cfg.max_shard_mb << 20, command=command,
@@ -331,9 +335,10 @@ def run_extract(
                 if not in_shard(unit.key, shard):
                     continue
                 seen += 1
-                if writer.is_done(unit.key):
+                if writer.is_done(unit.key) or unit.key in queued:
                     skipped += 1
                     continue
+                queued.add(unit.key)
                 yield unit
 
         work = functools.partial(_safe_extract, source, cfg)
