@@ -57,7 +57,6 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 from xml.parsers import expat
 
-from pathasst import __version__
 from pathasst.dataset_builders.extract.common import (
     ExtractConfig,
     License,
@@ -129,7 +128,8 @@ class PmcConfig(ExtractConfig):
     """
 
     oa_service_url: str = DEFAULT_OA_SERVICE
-    user_agent: str = f"pathasst/{__version__} (PMC open-access figure extractor)"
+    # no version number: the config is hashed with the output, and an upgrade must not change it
+    user_agent: str = "pathasst (PMC open-access figure extractor)"
     timeout: float = 60.0
     retries: int = 5
     backoff: float = 1.0

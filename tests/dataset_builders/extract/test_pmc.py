@@ -201,7 +201,7 @@ def test_pmcid_through_the_oa_service_with_retries_and_cache(tmp_path, http_serv
     assert len(http_server.requests_to("/pkg/PMC3000001.tar.gz")) == 2  # 500, then the package
     assert len(http_server.requests_to("/pkg/PMC3000003.tar.gz")) == 3
     assert elapsed >= 1.0  # Retry-After: 1 was honoured (the backoff alone is 0.01 s)
-    assert all(r.header("User-Agent", "").startswith("pathasst/") for r in http_server.requests)
+    assert all(r.header("User-Agent", "").startswith("pathasst ") for r in http_server.requests)
     assert not http_server.requests_to("/pdf/PMC3000001.pdf")
 
     # a rerun pays nothing for what is cached in work_dir
