@@ -77,6 +77,7 @@ class NormalizedImage:
         mode: the output mode, ``"RGB"`` or ``"L"``.
         source_mode: the Pillow mode of the input (``"CMYK"``, ``"I;16"``, ``"P"``, ...).
         converted: False when ``bytes_`` are the input bytes untouched, True when re-encoded.
+        phash: the perceptual hash of the normalised pixels, when asked for (``with_phash``).
     """
 
     bytes_: bytes
@@ -86,6 +87,7 @@ class NormalizedImage:
     mode: str
     source_mode: str
     converted: bool
+    phash: str | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -273,6 +275,7 @@ def normalize_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_side: int | None = None,
+    with_phash: bool = False,
 ) -> NormalizedImage:
     """Decode, check and normalise one image into PNG/JPEG bytes in RGB or L.
 
@@ -289,6 +292,8 @@ def normalize_image(
         max_pixels: refuse images with more pixels than this (``None``: no limit of our own).
             Pillow's decompression-bomb limit, twice ``Image.MAX_IMAGE_PIXELS``, applies on top.
         max_side: if given, downscale (never upscale) so that the longer side fits.
+        with_phash: also compute the perceptual hash from the pixels already decoded here
+            (calling :func:`image_phash` on the bytes afterwards would decode them a second time).
 
     Returns:
         The :class:`NormalizedImage`.
@@ -300,6 +305,7 @@ def normalize_image(
     """
     dec = _decode(src, max_pixels, max_side)
     img = dec.image
+    phash = _phash(img) if with_phash else None
     if not dec.changed and dec.data is not None:
         return NormalizedImage(
             bytes_=dec.data,
@@ -309,6 +315,7 @@ def normalize_image(
             mode=img.mode,
             source_mode=dec.source_mode,
             converted=False,
+            phash=phash,
         )
     fmt = "JPEG" if dec.source_format in _JPEG_FORMATS else "PNG"
     # Keep an embedded ICC profile only when it still describes the pixels (not after CMYK -> RGB).
@@ -321,6 +328,7 @@ def normalize_image(
         mode=img.mode,
         source_mode=dec.source_mode,
         converted=True,
+        phash=phash,
     )
 
 
@@ -338,10 +346,14 @@ def image_phash(img_or_bytes: ImageSource | NormalizedImage, *, hash_size: int =
     Raises:
         ImageRejected: as :func:`normalize_image`.
     """
+    src = img_or_bytes.bytes_ if isinstance(img_or_bytes, NormalizedImage) else img_or_bytes
+    return _phash(_decode(src, DEFAULT_MAX_PIXELS, None).image, hash_size)
+
+
+def _phash(img: Image.Image, hash_size: int = 8) -> str:
     import imagehash  # lazily: it imports scipy-sized dependencies on some versions
 
-    src = img_or_bytes.bytes_ if isinstance(img_or_bytes, NormalizedImage) else img_or_bytes
-    return str(imagehash.phash(_decode(src, DEFAULT_MAX_PIXELS, None).image, hash_size=hash_size))
+    return str(imagehash.phash(img, hash_size=hash_size))
 
 
 def load_rgb(src: ImageSource | NormalizedImage, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -39,7 +39,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from pathasst.errors import OutputError, RecordError
 from pathasst.records import DatasetSpec, image_to_bytes, record_errors
@@ -200,6 +200,8 @@ class DatasetWriter:
         max_shard_bytes: a part is committed once its rows reach this many Arrow bytes.
         max_shard_records: or once it holds this many records.
         command: how the run was started, shown to a second run that finds the folder locked.
+        config_ignore: top-level config keys that do not change the output (worker counts,
+            timeouts): left out of the hash, so a rerun may change them without ``--resume``.
     """
 
     def __init__(
@@ -215,6 +217,7 @@ class DatasetWriter:
         max_shard_bytes: int = 500 << 20,
         max_shard_records: int | None = None,
         command: str | None = None,
+        config_ignore: Iterable[str] = (),
     ):
         from pathasst.config import config_hash, to_dict
 
@@ -225,7 +228,7 @@ class DatasetWriter:
         self.max_shard_bytes = max_shard_bytes
         self.max_shard_records = max_shard_records
         self.config = config
-        self.config_hash = config_hash(config) if config is not None else "none"
+        self.config_hash = config_hash(config, ignore=config_ignore) if config is not None else "none"
         self.config_dict = to_dict(config) if config is not None else {}
         self.command = command or " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])
         self.schema = spec.features.arrow_schema

@@ -341,3 +341,17 @@ def test_phash_sees_transparency_as_white():
 def test_load_rgb_gives_pixels():
     img = load_rgb(make_image("I;16", size=(20, 10)))
     assert img.mode == "RGB" and img.size == (20, 10)
+
+
+def test_phash_from_normalize_matches_image_phash_of_the_result():
+    from pathasst.images import image_phash, normalize_image
+    from pathasst.testing.images import make_image
+
+    for mode, fmt in [("RGB", "PNG"), ("CMYK", "JPEG"), ("RGBA", "PNG"), ("I;16", "PNG")]:
+        out = normalize_image(make_image(mode, size=(96, 80), fmt=fmt), with_phash=True)
+        again = image_phash(out.bytes_)
+        if out.format == "PNG":  # lossless: the same pixels, the same hash
+            assert out.phash == again, mode
+        else:  # re-encoded JPEG: a bit or two of 64 may move
+            assert bin(int(out.phash, 16) ^ int(again, 16)).count("1") <= 4, mode
+    assert normalize_image(make_image("RGB")).phash is None

@@ -21,7 +21,7 @@ import re
 import traceback
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Optional
 
 from pathasst.errors import ConfigError
 from pathasst.inputs import require_paths
@@ -42,6 +42,10 @@ class ExtractConfig:
         license: licence for inputs that do not state one (sources that require one ignore it).
         max_shard_mb: Parquet shard size in MB.
     """
+
+    # keys that change how a run goes, not what it writes: a rerun may change them freely (they
+    # are left out of the config hash that guards an output folder); sources add their own
+    RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ("num_proc", "max_shard_mb")
 
     num_proc: int = 1
     shard: Optional[str] = None
@@ -187,13 +191,13 @@ def figure_record(
         pathasst.images.ImageRejected: the image cannot be used (its reason goes to the ledger).
         ValueError: the caption is empty once cleaned.
     """
-    from pathasst.images import image_phash, normalize_image
+    from pathasst.images import normalize_image
 
     raw = expand_ligatures(caption_raw).strip()
     label, text, continued = split_caption_label(clean_text(raw))
     if not text:
         raise ValueError("empty caption: nothing but a label")
-    img = normalize_image(image, max_side=cfg.max_side, max_pixels=cfg.max_pixels)
+    img = normalize_image(image, max_side=cfg.max_side, max_pixels=cfg.max_pixels, with_phash=True)
     meta = dict(meta or {})
     if continued:
         meta["continued"] = True
@@ -212,7 +216,7 @@ def figure_record(
         "pathology_score": None,
         "width": img.width,
         "height": img.height,
-        "phash": image_phash(img.bytes_),
+        "phash": img.phash,
         "figure_label": figure_label or label,
         "page_bbox": [float(v) for v in page_bbox] if page_bbox is not None else None,
         "license_url": license.url,
@@ -327,7 +331,7 @@ def run_extract(
     queued: set[str] = set()  # keys handed to workers this run: an input listed twice runs once
     with DatasetWriter(
         out, spec, config=cfg, resume=resume, overwrite=overwrite,
-        max_shard_bytes=cfg.max_shard_mb << 20, command=command,
+        max_shard_bytes=cfg.max_shard_mb << 20, command=command, config_ignore=type(cfg).RUNTIME_KEYS,
     ) as writer:
         def todo() -> Iterator[Unit]:
             nonlocal seen, skipped

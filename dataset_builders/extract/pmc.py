@@ -54,7 +54,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, ClassVar, Iterator, Optional
 from xml.parsers import expat
 
 from pathasst.dataset_builders.extract.common import (
@@ -126,6 +126,10 @@ class PmcConfig(ExtractConfig):
         allow_noncommercial: keep figures under non-commercial licences (flagged
             ``noncommercial=True``); false sends them to the ledger.
     """
+
+    RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ExtractConfig.RUNTIME_KEYS + (
+        "user_agent", "timeout", "retries", "backoff", "max_backoff", "max_retry_after", "min_interval", "work_dir",
+    )
 
     oa_service_url: str = DEFAULT_OA_SERVICE
     # no version number: the config is hashed with the output, and an upgrade must not change it

@@ -79,7 +79,7 @@ import urllib.error
 import urllib.request
 import urllib.robotparser
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, ClassVar, Iterator, Optional
 from urllib.parse import quote, unquote_to_bytes, urljoin, urlsplit, urlunsplit
 
 from pathasst import __version__
@@ -124,6 +124,10 @@ class WebConfig(ExtractConfig):
         max_page_mb: pages larger than this are rejected.
         max_image_mb: image downloads larger than this are rejected.
     """
+
+    RUNTIME_KEYS: ClassVar[tuple[str, ...]] = ExtractConfig.RUNTIME_KEYS + (
+        "user_agent", "rate_limit_per_host", "timeout", "retries", "backoff", "max_retry_after",
+    )
 
     user_agent: str = DEFAULT_USER_AGENT
     rate_limit_per_host: float = 1.0

@@ -141,3 +141,24 @@ def test_run_extract_accounts_for_every_input_and_resumes(tmp_path):
     assert ledger["toy:3"] == "no figures: nothing to extract from item 3"
     again = run_extract(TOY, ExtractConfig(), [str(manifest)], str(out), progress=False)
     assert again.total_records == 2 and again.rejected == 3
+
+
+def test_runtime_keys_do_not_guard_the_folder_but_output_keys_do(tmp_path):
+    from pathasst.errors import OutputError
+
+    manifest = tmp_path / "inputs.json"
+    manifest.write_text(json.dumps([[["Fig. 1. Lymph node.", "RGB"]]]))
+    out = tmp_path / "out"
+    run_extract(TOY, ExtractConfig(), [str(manifest)], str(out), progress=False)
+    again = run_extract(TOY, ExtractConfig(num_proc=2, max_shard_mb=100), [str(manifest)], str(out), progress=False)
+    assert again.total_records == 1
+    with pytest.raises(OutputError, match="different config"):
+        run_extract(TOY, ExtractConfig(max_side=512), [str(manifest)], str(out), progress=False)
+
+
+def test_missing_local_inputs_fail_before_the_output_folder_exists(tmp_path):
+    from pathasst.errors import InputError
+
+    with pytest.raises(InputError, match="not found"):
+        run_extract(TOY, ExtractConfig(), [str(tmp_path / "nope.json")], str(tmp_path / "out"), progress=False)
+    assert not (tmp_path / "out").exists()
