@@ -1,0 +1,295 @@
+"""The synthetic compound-figure generator: exact boxes, determinism, variety, and its image pool.
+
+Exactness is checked against the pixels, not against the generator's own bookkeeping: with a pool
+of flat images, each in a colour of its own, every panel's colour must fill exactly its box (less
+its frame), nothing but background may lie outside the boxes, and painting the letters may change
+pixels only inside their label boxes.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pathasst.dataset_builders.build import compound
+from pathasst.dataset_builders.build.compound import (
+    BACKGROUNDS,
+    CompoundFigureGenerator,
+    ImagePool,
+    available_fonts,
+    label_text,
+)
+
+N_FIGURES = 90
+
+
+def _flat_colours(n: int) -> list[tuple[int, int, int]]:
+    # far from black, white, the greys of backgrounds and borders, and from one another
+    levels = (30, 75, 170, 215)
+    colours = [(r, g, b) for r in levels for g in levels for b in levels if len({r, g, b}) > 1]
+    return colours[:n]
+
+
+@functools.lru_cache(maxsize=1)
+def _flat_pool() -> tuple[ImagePool, tuple[tuple[int, int, int], ...]]:
+    colours = _flat_colours(40)
+    sizes = [(300, 200), (200, 300), (256, 256), (400, 180), (160, 320)]
+    images = [Image.new("RGB", sizes[i % len(sizes)], c) for i, c in enumerate(colours)]
+    return ImagePool.from_images(images), tuple(colours)
+
+
+@functools.lru_cache(maxsize=1)
+def _batch():
+    pool, colours = _flat_pool()
+    gen = CompoundFigureGenerator(pool, seed=7, min_width=400, max_width=900)
+    return gen, [gen.generate(i) for i in range(N_FIGURES)]
+
+
+def _rect_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _keys(arr: np.ndarray) -> np.ndarray:
+    """One int per pixel (0xRRGGBB): comparing colours as ints is ~5x faster than per channel."""
+    a = arr.astype(np.int32)
+    return (a[..., 0] << 16) | (a[..., 1] << 8) | a[..., 2]
+
+
+def _key(colour) -> int:
+    return (colour[0] << 16) | (colour[1] << 8) | colour[2]
+
+
+def _xyxy(bbox) -> tuple[int, int, int, int]:
+    x, y, w, h = (int(v) for v in bbox)
+    return x, y, x + w, y + h
+
+
+def test_subfigure_boxes_hold_exactly_their_panel_pixels():
+    _, colours = _flat_pool()
+    _, figures = _batch()
+    for fig in figures:
+        arr = np.asarray(fig.image)
+        keys = _keys(arr)
+        plan = fig.plan
+        hosts = {p.inset_of for p in plan.panels if p.inset_of is not None}
+        # the objects as written, in panel order: what the dataset says, checked against the pixels
+        boxes = [_xyxy(o["bbox"]) for o in fig.objects if o["category"] == "subfigure"]
+        for panel, (x0, y0, x1, y1) in zip(plan.panels, boxes, strict=True):
+            if panel.inset_of is not None:
+                continue
+            mask = keys == _key(colours[panel.source])
+            b = compound.Rect(x0, y0, x1, y1)
+            expected = (b.x0 + panel.border, b.y0 + panel.border, b.x1 - panel.border, b.y1 - panel.border)
+            assert _rect_of(mask) == expected, (fig.image_id, plan.layout, panel)
+            # a host's colour also fills its zoom inset, which lies inside the host
+            if panel.border and plan.panels.index(panel) not in hosts:
+                ring = np.zeros(mask.shape, bool)
+                ring[b.y0:b.y1, b.x0:b.x1] = True
+                ring[b.y0 + panel.border:b.y1 - panel.border, b.x0 + panel.border:b.x1 - panel.border] = False
+                covered = np.zeros(mask.shape, bool)
+                if panel.label is not None and panel.label.plate is not None:
+                    p = panel.label.plate
+                    covered[p.y0:p.y1, p.x0:p.x1] = True
+                on_ring = np.all(arr[ring & ~covered] == panel.border_color, axis=-1)
+                assert on_ring.all(), (fig.image_id, "frame pixels are not the frame colour")
+
+
+def test_nothing_but_background_outside_the_boxes():
+    _, figures = _batch()
+    for fig in figures:
+        arr = np.asarray(fig.image)
+        inside = np.zeros(arr.shape[:2], bool)
+        for obj in fig.objects:
+            x0, y0, x1, y1 = _xyxy(obj["bbox"])
+            inside[y0:y1, x0:x1] = True
+        outside = arr[~inside]
+        assert np.all(outside == BACKGROUNDS[fig.plan.background]), fig.image_id
+
+
+def test_boxes_are_integral_inside_the_image_and_grid_panels_do_not_overlap():
+    _, figures = _batch()
+    for fig in figures:
+        w, h = fig.image.size
+        for obj in fig.objects:
+            x, y, bw, bh = obj["bbox"]
+            assert all(float(v).is_integer() for v in obj["bbox"])
+            assert bw > 0 and bh > 0 and x >= 0 and y >= 0 and x + bw <= w and y + bh <= h
+        panels = fig.plan.panels
+        grid = [p for p in panels if p.inset_of is None]
+        for i, a in enumerate(grid):
+            for b in grid[i + 1:]:
+                assert not a.box.intersects(b.box), (fig.image_id, a.box, b.box)
+        for inset in (p for p in panels if p.inset_of is not None):
+            assert panels[inset.inset_of].box.contains(inset.box)
+        subfigures = [o for o in fig.objects if o["category"] == "subfigure"]
+        assert len(subfigures) == len(panels)
+
+
+def test_label_boxes_are_the_letters_ink_inside_or_just_above_their_panel():
+    gen, figures = _batch()
+    checked = Counter()
+    for fig in figures:
+        bare = np.asarray(gen.generate(fig.plan.index, draw_labels=False).image).astype(int)
+        arr = np.asarray(fig.image).astype(int)
+        changed = np.any(arr != bare, axis=-1)
+        painted = np.zeros(changed.shape, bool)
+        written = iter(_xyxy(o["bbox"]) for o in fig.objects if o["category"] == "panel_label")
+        for panel in fig.plan.panels:
+            label = panel.label
+            if label is None:
+                continue
+            box, b = compound.Rect(*next(written)), panel.box
+            assert box == label.box
+            if label.position == "outside":
+                assert box.y1 <= b.y0 and b.y0 - box.y1 <= 6 and b.x0 <= box.x0 <= b.x0 + 3, fig.image_id
+                assert panel.cell.contains(box)
+            else:
+                assert b.contains(box), (fig.image_id, box, b)
+            region = label.plate or box
+            painted[region.y0:region.y1, region.x0:region.x1] = True
+            ink = _rect_of(changed[box.y0:box.y1, box.x0:box.x1])
+            assert ink is not None, (fig.image_id, label.text)
+            if label.plate is None:
+                # the box is the ink: every side of it was painted (1 px of faint antialiasing may
+                # round to the colour below)
+                x0, y0, x1, y1 = ink
+                assert x0 <= 1 and y0 <= 1 and box.w - x1 <= 1 and box.h - y1 <= 1, (fig.image_id, label, ink)
+            checked[label.position] += 1
+        assert not np.any(changed & ~painted), f"{fig.image_id}: letters changed pixels outside their boxes"
+    assert set(checked) == set(compound.POSITIONS)
+
+
+def test_same_seed_same_figures_in_any_order_other_seed_differs():
+    pool, _ = _flat_pool()
+    a = CompoundFigureGenerator(pool, seed=11)
+    b = CompoundFigureGenerator(pool, seed=11)
+    forward = [a.record(i) for i in range(6)]
+    backward = [b.record(i) for i in reversed(range(6))][::-1]
+    assert forward == backward
+    assert [r["image_id"] for r in forward] == [f"synth-11-{i}" for i in range(6)]
+    other = CompoundFigureGenerator(pool, seed=12).record(0)
+    assert other["image"] != forward[0]["image"]
+    assert other["image_id"] == "synth-12-0"
+
+
+def test_a_batch_covers_every_layout_background_case_corner_and_inset():
+    _, figures = _batch()
+    plans = [f.plan for f in figures]
+    assert set(p.layout for p in plans) == set(compound.LAYOUTS)
+    assert {"white", "black"} <= set(p.background for p in plans)
+    assert set(p.case for p in plans) >= set(compound.CASES)
+    assert None in {p.case for p in plans}, "some figures have no letters"
+    assert set(p.position for p in plans if p.position) == set(compound.POSITIONS)
+    assert len({p.font for p in plans if p.font}) >= min(3, len(available_fonts()))
+    assert len({p.panels[0].label.size for p in plans if p.panels[0].label}) >= 5
+    assert any(p.inset_of is not None for plan in plans for p in plan.panels)
+    assert any(p.fit == "zoom" for plan in plans for p in plan.panels)
+    assert any(p.fit == "contain" for plan in plans for p in plan.panels)
+    assert any(p.border for plan in plans for p in plan.panels)
+    assert any(p.label and p.label.plate for plan in plans for p in plan.panels)
+    assert 0 in {p.gutter for p in plans} and max(p.gutter for p in plans) >= 15
+    singles = [f for f in figures if f.plan.layout == "single"]
+    assert singles and all(sum(o["category"] == "subfigure" for o in f.objects) == 1 + sum(
+        p.inset_of is not None for p in f.plan.panels) for f in singles)
+    counts = [sum(o["category"] == "subfigure" for o in f.objects) for f in figures]
+    assert min(counts) == 1 and max(counts) >= 9
+    lines = [f.plan for f in figures if f.plan.layout in ("rows", "columns")]
+    assert any(len({p.box.h for p in plan.panels if p.inset_of is None}) > 1 for plan in lines)
+
+
+def test_record_matches_the_pathsubfig_contract():
+    from pathasst.records import get_spec
+
+    pool, _ = _flat_pool()
+    gen = CompoundFigureGenerator(pool, seed=3)
+    for i in range(8):
+        record = gen.record(i)
+        get_spec("pathsubfig").validate(record)
+        with Image.open(io.BytesIO(record["image"])) as img:
+            assert img.size == (record["width"], record["height"])
+            assert img.format in ("JPEG", "PNG")
+        assert record["origin"] == "synthetic"
+
+
+def test_label_text_cases_and_past_z():
+    assert [label_text(i, "upper") for i in (0, 1, 25, 26, 27)] == ["A", "B", "Z", "AA", "AB"]
+    assert label_text(2, "lower") == "c"
+    assert label_text(0, "paren_lower") == "(a)"
+    assert label_text(3, "paren_upper") == "(D)"
+
+
+def test_fonts_are_local_files_and_pillows_default():
+    fonts = available_fonts()
+    assert fonts[0] == ("pil-default", None)
+    for _, path in fonts[1:]:
+        assert path.endswith((".ttf", ".otf"))
+    mask = compound._text_mask(None, 30, "(b)")
+    assert mask.mode == "L" and mask.getbbox() == (0, 0) + mask.size  # cropped to its ink
+
+
+def test_pool_from_a_folder_rejects_bad_images_and_keeps_the_rest(image_factory, tmp_path):
+    image_factory.file("a.png", size=(120, 90), seed=1)
+    image_factory.file("sub/b.jpg", size=(90, 120), seed=2)
+    image_factory.file("c.tif", mode="I;16", size=(100, 100))
+    image_factory.file("d.jpg", mode="CMYK", size=(100, 80))
+    image_factory.write("broken.jpg", image_factory.truncated("JPEG"))
+    image_factory.file("dot.png", size=(1, 1))
+    image_factory.write("notes.txt", b"not an image and not an image suffix")
+    pool, rejected = ImagePool.load(image_factory.root, max_side=64)
+    assert pool is not None and sorted(pool.names) == ["a.png", "c.tif", "d.jpg", "sub/b.jpg"]
+    assert max(max(s) for s in pool.sizes) == 64
+    assert {name for name, _ in rejected} == {"broken.jpg", "dot.png"}
+    assert pool.get(0).mode == "RGB"
+    empty, rejected = ImagePool.load(tmp_path / "images" / "sub", limit=0)
+    assert empty is None
+
+
+def test_pool_from_a_pathcap_dataset_folder(tmp_path):
+    from pathasst.records import get_spec
+    from pathasst.testing.images import tissue_tile, to_bytes
+    from pathasst.writer import DatasetWriter
+
+    with DatasetWriter(tmp_path / "cap", get_spec("pathcap")) as writer:
+        for i in range(5):
+            img = tissue_tile(96, seed=i)
+            writer.add({
+                "id": f"fig-{i}", "image": to_bytes(img, "JPEG"), "caption": "H&E", "caption_raw": "H&E",
+                "source": "private", "source_id": f"lab/{i}", "figure_id": f"fig-{i}", "license": "CC BY 4.0",
+                "width": 96, "height": 96,
+            })
+        writer.finalize()
+    assert compound.is_dataset_folder(tmp_path / "cap")
+    pool, rejected = ImagePool.load(tmp_path / "cap")
+    assert pool is not None and sorted(pool.names) == [f"fig-{i}" for i in range(5)] and not rejected
+    fig = CompoundFigureGenerator(pool, seed=0).generate(0)
+    assert fig.objects
+
+
+def test_generator_refuses_bad_settings():
+    pool, _ = _flat_pool()
+    with pytest.raises(ValueError, match="seed"):
+        CompoundFigureGenerator(pool, seed=-1)
+    with pytest.raises(ValueError, match="layout"):
+        CompoundFigureGenerator(pool, layouts=["mosaic"])
+    with pytest.raises(ValueError, match="empty"):
+        ImagePool([], [])
+
+
+def test_small_pools_and_narrow_figures_still_give_valid_figures():
+    pool = ImagePool.from_images([Image.new("RGB", (50, 400), (30, 75, 170))])
+    gen = CompoundFigureGenerator(pool, seed=1, min_width=160, max_width=200)
+    for i in range(15):
+        fig = gen.generate(i)
+        assert fig.objects and fig.objects[0]["category"] == "subfigure"
+        w, h = fig.image.size
+        for obj in fig.objects:
+            x, y, bw, bh = obj["bbox"]
+            assert bw >= 1 and bh >= 1 and x + bw <= w and y + bh <= h
