@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 from collections import Counter
 
 import numpy as np
@@ -293,3 +294,16 @@ def test_small_pools_and_narrow_figures_still_give_valid_figures():
         for obj in fig.objects:
             x, y, bw, bh = obj["bbox"]
             assert bw >= 1 and bh >= 1 and x + bw <= w and y + bh <= h
+
+
+@pytest.mark.slow  # ~3 s: builds a tile pool from the micrograph and a small dataset
+def test_benchmark_reports_its_rates(tmp_path, capsys):
+    from pathasst.benchmarks.perf import synthetic_figures
+
+    out = tmp_path / "bench.json"
+    assert synthetic_figures.main(["--figures", "12", "--pool-size", "8", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for key in ("generate_figures_per_s", "record_figures_per_s", "build_figures_per_s", "peak_rss_mib"):
+        assert result[key] > 0
+    assert result["build_records"] == 12
+    assert "figures/s" in capsys.readouterr().out
