@@ -82,7 +82,8 @@ for _spec in (
     # engine (DESIGN.md §6, "nothing home-made where an existing engine does the job"). The subfig
     # family therefore keeps ultralytics' loop and only follows the same command-line convention
     # (--recipe + key=value, resolved config beside the output, same exit codes).
-    FamilySpec("subfig", "YOLO subfigure and panel-label detector (ultralytics, its own loop)", issue=4),
+    FamilySpec("subfig", "YOLO subfigure and panel-label detector (ultralytics, its own loop)", issue=4,
+               entry="pathasst.trainers.subfig:main"),
     FamilySpec("splitter", "LLM caption splitter/refiner fine-tuned with PEFT LoRA", issue=5),
     FamilySpec("pathclip", "PathCLIP contrastive image-text models (open_clip)", issue=7),
     FamilySpec("pathasst", "PathAsst LLaVA-style assistant: projector and instruction stages", issue=9),
