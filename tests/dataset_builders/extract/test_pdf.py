@@ -1,0 +1,420 @@
+"""`pathasst extract pdf` on generated PDFs whose ground truth is known (pathasst.testing.pdfs).
+
+End to end through the CLI, then `datasets.load_dataset` on the output folder: every figure found
+on its page with its box, paired with its own caption, every input accounted for (records +
+ledger), resumable, identical with several processes, splittable with --shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pymupdf = pytest.importorskip("pymupdf")
+
+from pathasst.benchmarks.perf import extract_pdf as bench  # noqa: E402
+from pathasst.cli import main  # noqa: E402
+from pathasst.dataset_builders.extract.common import clean_text  # noqa: E402
+from pathasst.dataset_builders.extract.pdf import SOURCE, PdfConfig  # noqa: E402
+from pathasst.errors import InputError  # noqa: E402
+
+TOL = 3.0  # points: "the figure box within a few points"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def extract(inputs, out: Path, *extra: str) -> dict:
+    rc = main(["extract", "pdf", *map(str, inputs), "--out", str(out), *extra])
+    assert rc == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def load_records(out: Path, tmp_path: Path) -> list[dict]:
+    """Every row of every split, as ``datasets.load_dataset`` reads the folder (images as bytes)."""
+    import datasets
+
+    dd = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "hf-cache"))
+    rows = []
+    for split in dd.values():
+        split = split.cast_column("image", datasets.Image(decode=False))
+        rows.extend(split)
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def ledger(out: Path) -> list[dict]:
+    path = out / "rejects.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def box(xywh) -> tuple:
+    return (xywh[0], xywh[1], xywh[0] + xywh[2], xywh[1] + xywh[3])
+
+
+def near(a, b, tol: float = TOL) -> bool:
+    return all(abs(x - y) <= tol for x, y in zip(a, b))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def encrypted_copy(src: Path, dest: Path) -> Path:
+    doc = pymupdf.open(src)
+    doc.save(dest, encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="reader", owner_pw="owner")
+    doc.close()
+    return dest
+
+
+def text_only_pdf(pdf_factory, name: str = "text.pdf") -> Path:
+    p = pdf_factory.Page(texts=[pdf_factory.Text((56, 70, 539, 780), None, seed=5)], header="Preface", footer="ix",
+                         logo=True)
+    return pdf_factory([p, p], name).path
+
+
+def corrupt_embedded_image(path: Path, page: int = 0) -> None:
+    """Keep the first image's JPEG header and drop two thirds of its data (a truncated stream)."""
+    doc = pymupdf.open(path)
+    xref = doc[page].get_image_info(xrefs=True)[0]["xref"]
+    raw = doc.xref_stream_raw(xref)
+    doc.update_stream(xref, raw[: len(raw) // 3], compress=0)
+    doc.xref_set_key(xref, "Filter", "/DCTDecode")
+    tmp = path.with_suffix(".tmp")
+    doc.save(tmp)
+    doc.close()
+    tmp.replace(path)
+
+
+# --- the sample book end to end --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def book_run(tmp_path_factory):
+    """The factory's sample book through the CLI once; shared by the checks below."""
+    from pathasst.testing.pdfs import make_pdf, sample_book_pages
+
+    tmp = tmp_path_factory.mktemp("book")
+    truth = make_pdf(tmp / "book.pdf", sample_book_pages())
+    out = tmp / "caps"
+    summary = extract([truth.path], out)
+    return truth, out, summary, load_records(out, tmp), tmp
+
+
+def test_sample_book_pairs_match_ground_truth(book_run):
+    truth, out, summary, rows, _ = book_run
+    digest = sha256(truth.path)
+    assert len(rows) == len(truth.figures) == 6
+    assert ledger(out) == []  # every figure found and captioned: nothing to explain
+    for fig in truth.figures:
+        row = next(r for r in rows if r["page"] == fig.page_number)
+        assert near(box(row["page_bbox"]), fig.bbox), (fig.figure_id, row["page_bbox"], fig.bbox)
+        assert clean_text(row["caption_raw"]) == clean_text(fig.caption)
+        assert row["figure_label"] == fig.label
+        assert row["source"] == "book" and row["source_id"] == f"{digest}#p{fig.page_number}"
+        assert row["id"] == row["figure_id"] and row["figure_id"].startswith(f"{digest[:16]}/p{fig.page_number}/f")
+        assert row["license"] == "unknown" and row["noncommercial"] is None
+        meta = json.loads(row["meta"])
+        assert meta["file"] == "book.pdf" and meta["dpi"] > 0 and "licen" in meta["license_note"]
+        assert meta["caption_pairing"] in ("below", "above", "facing-next")
+        assert row["image"]["bytes"] and row["width"] > 0 and len(row["phash"]) == 16
+
+
+def test_sample_book_layouts_are_recognised(book_run):
+    truth, _, _, rows, _ = book_run
+    by_label = {r["figure_label"]: r for r in rows}
+    meta = {label: json.loads(r["meta"]) for label, r in by_label.items()}
+    assert meta["FIGURE 12-4"]["caption_pairing"] == "above"
+    assert meta["Figure 7.3"]["caption_pairing"] == "facing-next" and meta["Figure 7.3"]["caption_page"] == 7
+    assert by_label["Figure 7.3"]["page"] == 6
+    # vector drawing: rendered at the configured dpi, box grown over its tick labels
+    vec = by_label["Figure 3.1"]
+    assert meta["Figure 3.1"]["pixels"] == "rendered" and meta["Figure 3.1"]["dpi"] == 200
+    assert abs(vec["width"] - vec["page_bbox"][2] * 200 / 72) <= 2
+    # compound figure: one record, each placed image kept as a candidate panel
+    comp = truth.figure("p5-f1")
+    panels = meta["Figure 5"]["panels_pt"]
+    assert len(panels) == len(comp.panels) == 4
+    for got, want in zip(sorted(map(box, panels)), sorted(p.bbox for p in comp.panels)):
+        assert near(got, want, 1.0)
+    w, h = by_label["Figure 5"]["width"], by_label["Figure 5"]["height"]
+    for x, y, pw, ph in meta["Figure 5"]["panels"]:  # the same panels in the record's pixels
+        assert 0 <= x and 0 <= y and x + pw <= w + 1 and y + ph <= h + 1
+    # a single placed image shown as stored is the embedded file itself, byte for byte
+    single = by_label["Figure 2.5"]
+    assert meta["Figure 2.5"]["pixels"] == "embedded"
+    with pymupdf.open(truth.path) as doc:
+        assert single["image"]["bytes"] == doc.extract_image(meta["Figure 2.5"]["xref"])["image"]
+
+
+def test_running_heads_logos_are_not_figures_or_captions(book_run):
+    truth, _, _, rows, _ = book_run
+    assert truth.decoys and all(d.kind == "logo" for d in truth.decoys)
+    for decoy in truth.decoys:
+        assert not any(r["page"] == decoy.page_index + 1 and near(box(r["page_bbox"]), decoy.bbox, 10) for r in rows)
+    heads = {t.text for t in truth.texts if t.role in ("header", "footer")}
+    assert not any(line.strip() in heads for r in rows for line in r["caption_raw"].splitlines())
+    assert not any(t.text in r["caption_raw"] for r in rows for t in truth.texts if t.role == "header")
+
+
+def test_resume_adds_nothing_twice(book_run, tmp_path):
+    truth, out, first, rows, _ = book_run
+    again = extract([truth.path], out)
+    assert again["records"] == first["records"] and again["rejected"] == first["rejected"] == 0
+    rows2 = load_records(out, tmp_path)
+    assert [r["id"] for r in rows2] == [r["id"] for r in rows] and len({r["id"] for r in rows2}) == len(rows2)
+
+
+# --- the quality book: the layouts the factory's sample lacks --------------------------------
+
+
+@pytest.fixture(scope="module")
+def quality_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quality")
+    case = bench.build_quality_book(tmp / "quality.pdf")
+    out = tmp / "caps"
+    extract([case.path], out)
+    return case, out, load_records(out, tmp), ledger(out)
+
+
+def test_quality_book_every_figure_found_and_paired(quality_run):
+    case, _, rows, rejects = quality_run
+    scores = bench.score(case, rows, [(x["id"], x["reason"], x) for x in rejects], tol=TOL)
+    wrong = [d for d in scores["details"] if not d["right"]]
+    assert wrong == []
+    assert scores["figure_recall"] == scores["pair_precision"] == scores["pair_recall"] == 1.0
+    assert len(rows) == sum(f.caption is not None for f in case.figures)  # no stray records (table, icons)
+
+
+def test_quality_book_captions_beside_over_blocks_and_facing(quality_run):
+    case, _, rows, _ = quality_run
+    got = {json.loads(r["meta"])["caption_pairing"] for r in rows}
+    assert {"below", "above", "left", "right", "facing-next", "facing-previous"} <= got
+
+    def row_for(name):
+        exp = next(f for f in case.figures if f.name == name)
+        return next(r for r in rows if r["page"] == exp.page and near(box(r["page_bbox"]), exp.bbox))
+
+    assert json.loads(row_for("beside-right")["meta"])["caption_pairing"] == "right"
+    assert json.loads(row_for("beside-left")["meta"])["caption_pairing"] == "left"
+    two = row_for("two-blocks")
+    assert two["caption"].endswith("vascular invasion is common (H&E, x100).")  # the second text block
+    assert two["caption_raw"].count("\n") >= 1  # line breaks as printed
+    assert json.loads(row_for("facing-previous")["meta"])["caption_pairing"] == "facing-previous"
+    assert row_for("plate")["figure_label"] == "Plate 7"
+    cont = row_for("continued")
+    assert cont["figure_label"] == "Figure 3" and json.loads(cont["meta"])["continued"] is True
+    assert row_for("label-alone")["figure_label"] == "FIGURE 8.3"
+    lig = row_for("ligatures")
+    assert "fibrosis with flattened" in lig["caption_raw"] and "\ufb01" not in lig["caption_raw"]
+    assert row_for("body-reference")["caption"].startswith("Sarcoidosis")
+    comp = json.loads(row_for("compound-1x3")["meta"])
+    assert comp["kind"] == "compound" and len(comp["panels"]) == 3
+
+
+def test_quality_book_ledger_explains_what_produced_nothing(quality_run):
+    case, _, rows, rejects = quality_run
+    reasons = [x["reason"] for x in rejects]
+    kinds = sorted(r.split(":", 1)[0] for r in reasons)
+    assert kinds == ["no caption", "no figure", "table"], reasons  # the ruled table is seen, and said to be one
+    uncaptioned = next(f for f in case.figures if f.caption is None)
+    line = next(x for x in rejects if x["reason"].startswith("no caption"))
+    assert line["page"] == uncaptioned.page and near(box(line["page_bbox"]), uncaptioned.bbox)
+    orphan_page, orphan_start = case.orphan_captions[0]
+    line = next(x for x in rejects if x["reason"].startswith("no figure"))
+    assert line["page"] == orphan_page and orphan_start in line["reason"] and line["id"].endswith("/c2")
+    assert "Table 2.1" in next(r for r in reasons if r.startswith("table"))
+    # inputs = records + rejects: every figure, figure caption and drawn table of the book is accounted
+    assert len(rows) + len(rejects) == len(case.figures) + len(case.orphan_captions) + 1
+
+
+# --- bad input, accounting, scale ------------------------------------------------------------
+
+
+def test_bad_pdfs_are_ledger_lines_and_the_run_goes_on(pdf_factory, tmp_path):
+    folder = tmp_path / "in"
+    good = pdf_factory([pdf_factory.caption_below_page(), pdf_factory.vector_figure_page()], "good.pdf")
+    folder.mkdir()
+    shutil.copy(good.path, folder / "good.pdf")
+    (folder / "nested").mkdir()
+    shutil.copy(good.path, folder / "nested" / "same bytes.PDF")
+    encrypted_copy(good.path, folder / "locked.pdf")
+    (folder / "garbage.pdf").write_bytes(b"%PDF-1.7\nthis is not a pdf at all\n")
+    (folder / "empty.pdf").write_bytes(b"")
+    data = good.path.read_bytes()
+    (folder / "truncated.pdf").write_bytes(data[: len(data) // 20])
+    shutil.copy(text_only_pdf(pdf_factory), folder / "text.pdf")
+    (folder / "notes.txt").write_text("not an input: only *.pdf files are read from a folder")
+
+    out = tmp_path / "caps"
+    summary = extract([folder], out)
+    rows = load_records(out, tmp_path)
+    rejects = ledger(out)
+    by_file = {x["file"]: x for x in rejects}
+    assert len(rows) == 2 and {r["figure_label"] for r in rows} == {"Figure 2.5", "Figure 3.1"}
+    assert by_file["locked.pdf"]["reason"].startswith("encrypted: locked.pdf needs a password")
+    assert by_file["garbage.pdf"]["reason"].startswith("corrupt pdf")
+    assert by_file["empty.pdf"]["reason"].startswith("corrupt pdf")
+    assert by_file["truncated.pdf"]["reason"].startswith("corrupt pdf")
+    assert by_file["text.pdf"]["reason"].startswith("no figures: text.pdf has 2 page(s)")
+    assert by_file["same bytes.PDF"]["reason"].startswith("duplicate: same bytes as good.pdf")
+    # inputs = records + rejects: seven PDFs in, one gave records, six are explained
+    assert summary["inputs_done"] == 7 and len(rejects) == 6
+    assert {r["source_id"].split("#")[0] for r in rows} == {sha256(good.path)}
+
+
+def test_a_bad_embedded_image_costs_only_its_figure(pdf_factory, tmp_path):
+    truth = pdf_factory([pdf_factory.caption_below_page(seed=1),
+                         pdf_factory.caption_below_page("Figure 2.6: Gastric ulcer base with granulation tissue.", seed=2)])
+    corrupt_embedded_image(truth.path, page=0)
+    out = tmp_path / "caps"
+    extract([truth.path], out)
+    rows, rejects = load_records(out, tmp_path), ledger(out)
+    assert [r["figure_label"] for r in rows] == ["Figure 2.6"]
+    assert len(rejects) == 1 and rejects[0]["reason"].startswith("truncated image") and rejects[0]["page"] == 1
+
+
+def test_truncated_pdf_keeps_what_it_can(pdf_factory, tmp_path):
+    truth = pdf_factory.sample_book()
+    data = truth.path.read_bytes()
+    cut = tmp_path / "cut.pdf"
+    cut.write_bytes(data[: len(data) // 2])
+    result = SOURCE.extract_unit(next(iter(SOURCE.iter_units([str(cut)], PdfConfig()))), PdfConfig())
+    assert result.records or result.rejects  # accounted either way
+    for rec in result.records:  # what was recovered is right, and says the file was repaired
+        fig = next(f for f in truth.figures if f.page_number == rec["page"])
+        assert near(box(rec["page_bbox"]), fig.bbox) and "repaired" in json.loads(rec["meta"])
+    assert all(r[1].split(":")[0] in ("damaged page", "corrupt page", "no caption", "no figure", "corrupt pdf")
+               for r in result.rejects)
+
+
+@pytest.mark.slow  # two worker processes import pymupdf (and its layout model): a few seconds
+def test_num_proc_2_gives_the_same_records(pdf_factory, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, pages in enumerate(([pdf_factory.caption_below_page(seed=1)], [pdf_factory.compound_figure_page(seed=2)],
+                               [pdf_factory.vector_figure_page(seed=3)], pdf_factory.facing_caption_pages(seed=4))):
+        shutil.copy(pdf_factory(pages, f"b{i}.pdf").path, folder / f"b{i}.pdf")
+    shutil.copy(text_only_pdf(pdf_factory), folder / "text.pdf")
+    one, two = tmp_path / "one", tmp_path / "two"
+    extract([folder], one)
+    extract([folder], two, "--num-proc", "2")
+
+    def key(rows):
+        return sorted((r["id"], r["caption_raw"], tuple(r["page_bbox"]), r["phash"], r["image"]["bytes"]) for r in rows)
+
+    assert key(load_records(one, tmp_path)) == key(load_records(two, tmp_path))
+    assert sorted(x["id"] for x in ledger(one)) == sorted(x["id"] for x in ledger(two))
+
+
+def test_shards_cover_all_pdfs_disjointly(pdf_factory, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        page = pdf_factory.caption_below_page(f"Figure {i + 1}.1: Specimen number {i + 1} (H&E).", seed=10 + i)
+        shutil.copy(pdf_factory([page], f"b{i}.pdf").path, folder / f"b{i}.pdf")
+    whole, s1, s2 = tmp_path / "whole", tmp_path / "s1", tmp_path / "s2"
+    extract([folder], whole)
+    extract([folder], s1, "--shard", "1/2")
+    extract([folder], s2, "--shard", "2/2")
+    books = [{r["source_id"].split("#")[0] for r in load_records(o, tmp_path)} for o in (whole, s1, s2)]
+    assert len(books[0]) == 6 and books[1] and books[2]
+    assert books[1] | books[2] == books[0] and not books[1] & books[2]
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+def test_licence_given_stated_or_unknown(pdf_factory, tmp_path):
+    truth = pdf_factory([pdf_factory.caption_below_page()], "a.pdf")
+    cfg = PdfConfig(license="CC BY 4.0")
+    rec = SOURCE.extract_unit(next(iter(SOURCE.iter_units([str(truth.path)], cfg))), cfg).records[0]
+    assert (rec["license"], rec["noncommercial"]) == ("CC BY 4.0", False) and "license_note" not in json.loads(rec["meta"])
+    # a Creative Commons licence in the PDF's XMP metadata wins over the default
+    doc = pymupdf.open(truth.path)
+    doc.set_xml_metadata('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+                         '<rdf:Description xmlns:cc="http://creativecommons.org/ns#" '
+                         'cc:license="https://creativecommons.org/licenses/by-nc/4.0/"/></rdf:RDF></x:xmpmeta>')
+    stated = tmp_path / "stated.pdf"
+    doc.save(stated)
+    rec = SOURCE.extract_unit(next(iter(SOURCE.iter_units([str(stated)], cfg))), cfg).records[0]
+    assert (rec["license"], rec["noncommercial"]) == ("CC BY-NC 4.0", True)
+
+
+def test_render_mode_dpi_and_max_side(pdf_factory):
+    truth = pdf_factory([pdf_factory.caption_below_page()])
+    fig = truth.figures[0]
+    cfg = PdfConfig(pixels="render", dpi=100)
+    rec = SOURCE.extract_unit(next(iter(SOURCE.iter_units([str(truth.path)], cfg))), cfg).records[0]
+    meta = json.loads(rec["meta"])
+    assert meta["pixels"] == "rendered" and meta["dpi"] == 100
+    assert abs(rec["width"] - (fig.bbox[2] - fig.bbox[0]) * 100 / 72) <= 2
+    cfg = PdfConfig(pixels="render", dpi=600, max_side=512)  # never renders more than it keeps
+    rec = SOURCE.extract_unit(next(iter(SOURCE.iter_units([str(truth.path)], cfg))), cfg).records[0]
+    assert max(rec["width"], rec["height"]) <= 512 and json.loads(rec["meta"])["dpi"] < 600
+
+
+def test_small_figures_and_label_only_captions(pdf_factory):
+    page = pdf_factory.Page(figures=[
+        pdf_factory.Figure((56, 100, 86, 130), "Figure 1: A thumbnail smaller than min_figure_side.", seed=1,
+                           caption_rect=(56, 138, 400, 156)),
+        pdf_factory.Figure((56, 300, 539, 500), "Figure 2.", seed=2),
+    ])
+    truth = pdf_factory([page])
+    result = SOURCE.extract_unit(next(iter(SOURCE.iter_units([str(truth.path)], PdfConfig()))), PdfConfig())
+    reasons = sorted(r[1] for r in result.rejects)
+    assert not result.records
+    assert reasons[0].startswith("empty caption") and reasons[1].startswith("no figure: caption 'Figure 1")
+    small = SOURCE.extract_unit(next(iter(SOURCE.iter_units([str(truth.path)], PdfConfig(min_figure_side=20)))),
+                                PdfConfig(min_figure_side=20))
+    assert [r["figure_label"] for r in small.records] == ["Figure 1"]
+
+
+def test_units_keys_and_config_checks(pdf_factory, tmp_path):
+    truth = pdf_factory([pdf_factory.caption_below_page()], "one.pdf")
+    units = list(SOURCE.iter_units([str(truth.path.parent)], PdfConfig()))
+    assert [u.key for u in units] == [f"pdf:{sha256(truth.path)}"] and units[0].label == "one.pdf"
+    with pytest.raises(InputError, match="not found"):
+        list(SOURCE.iter_units([str(tmp_path / "missing.pdf")], PdfConfig()))
+    for bad in ({"method": "ocr"}, {"dpi": 10}, {"header_footer_margin": 0.7}, {"pixels": "xref"}):
+        with pytest.raises(ValueError):
+            PdfConfig(**bad)
+    assert main(["extract", "pdf", str(truth.path), "--out", str(tmp_path / "o"), "method=ocr"]) != 0
+
+
+# --- the layout model and the method comparison ----------------------------------------------
+
+
+@pytest.mark.slow  # loads pymupdf's layout model (ONNX) and runs it on every page: ~10 s
+def test_geometry_beats_layout_on_the_quality_book(tmp_path):
+    scores = bench.run_quality(["geometry", "layout"], tmp_path)
+    geo, lay = scores["geometry"], scores["layout"]
+    assert geo["figure_recall"] >= 0.95 and geo["pair_precision"] >= 0.95
+    assert lay["records"] > 0 and lay["figure_recall"] > 0.5  # the layout path works end to end
+    assert (geo["figure_recall"], geo["pair_precision"], geo["pair_recall"]) >= (
+        lay["figure_recall"], lay["pair_precision"], lay["pair_recall"])  # why geometry is the default
+    assert PdfConfig().method == "geometry"
+
+
+@pytest.mark.slow
+def test_layout_method_through_the_cli(pdf_factory, tmp_path):
+    truth = pdf_factory([pdf_factory.caption_below_page(), pdf_factory.vector_figure_page()])
+    out = tmp_path / "caps"
+    extract([truth.path], out, "method=layout")
+    rows = load_records(out, tmp_path)
+    assert {r["figure_label"] for r in rows} == {"Figure 2.5", "Figure 3.1"}
+    assert all(json.loads(r["meta"])["method"] == "layout" for r in rows)
+
+
+@pytest.mark.slow
+def test_speed_benchmark_runs_and_reports(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert bench.main(["--pages", "14", "--repeat", "1", "--no-quality", "--out-dir", str(tmp_path / "w"),
+                       "--json", str(out_json)]) == 0
+    res = json.loads(out_json.read_text())["speed"]
+    assert res["pages"] == 14 and res["figures"] == 12 and res["records_written"] == 12
+    assert {"raw", "analyse", "extract_unit", "extract_pdf"} <= set(res["contenders"])
+    assert "extract_pdf / raw (cpu)" in res["ratios"] and "ratios" in capsys.readouterr().out
