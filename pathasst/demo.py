@@ -212,6 +212,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _cli(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    summary = run_demo(out, overwrite=args.overwrite, max_side=args.max_side)
+    run_demo(out, overwrite=args.overwrite, max_side=args.max_side)
     print(f"\nRun folder: {out}\n" + (out / "summary.md").read_text())
     return 0

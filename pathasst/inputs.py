@@ -5,6 +5,7 @@ Checked before any work starts, so a typo costs one line of error, not an hour o
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,3 +51,26 @@ def data_ref(value: str, key: str = "data") -> DataRef:
     if looks_local or not _HUB_ID.match(value):
         raise InputError(f"{key}={value}: no such file or folder (and not a Hub dataset id like owner/name)")
     return DataRef("hub", value)
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` (1-based K) as ``(k, n)`` with 0-based k; None for the whole input.
+
+    Raises:
+        ValueError: not of the form K/N with 1 <= K <= N.
+    """
+    if not value:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(value))
+    if not match or not (1 <= int(match[1]) <= int(match[2])):
+        raise ValueError(f"shard must be K/N with 1 <= K <= N, e.g. 2/8 (got {value!r})")
+    return int(match[1]) - 1, int(match[2])
+
+
+def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
+    """Stable assignment of an input to one of N shards by the hash of its key: N workers on N
+    machines, each given ``--shard K/N``, process disjoint parts that together cover everything."""
+    if shard is None:
+        return True
+    k, n = shard
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % n == k

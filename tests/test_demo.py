@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from pathasst.cli import main
 from pathasst.demo import STAGES

@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from pathasst.errors import ConfigError, InputError, OutputError
+from pathasst.inputs import in_shard
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +155,9 @@ class SubfigConfig:
         self.shard_index()
 
     def shard_index(self) -> tuple[int, int] | None:
-        if not self.shard:
-            return None
-        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(self.shard))
-        if not match or not 1 <= int(match[1]) <= int(match[2]):
-            raise ValueError(f"shard must be K/N with 1 <= K <= N, e.g. 2/8 (got {self.shard!r})")
-        return int(match[1]) - 1, int(match[2])
+        from pathasst.inputs import parse_shard
+
+        return parse_shard(self.shard)
 
 
 # --- labels ------------------------------------------------------------------------------------
@@ -562,12 +560,6 @@ class SubfigSummary:
         return dataclasses.asdict(self)
 
 
-def _in_shard(key: str, shard: tuple[int, int] | None) -> bool:
-    from pathasst.dataset_builders.extract.common import in_shard
-
-    return in_shard(key, shard)
-
-
 def _write_unit(writer, key: str, image_id: str, outcome: UnitOutcome | None, error: FileRejected | None,
                 notes_fh) -> None:
     with writer.unit(key):
@@ -617,15 +609,15 @@ def build_subfig(
     if cfg.yolo_export:
         _check_yolo_target(Path(cfg.yolo_export), out)
     shard = cfg.shard_index()
-    # What does not change the dataset stays out of the writer's config (and so out of its hash): the
-    # YOLO export is derived from the finished folder, and processes give the same figures.
-    writer_cfg = dataclasses.replace(cfg, yolo_export=None, num_proc=1)
+    # What does not change the dataset stays out of the config hash (still written to config.yaml):
+    # the YOLO export is derived from the finished folder, and processes give the same figures.
+    runtime_keys = ("yolo_export", "num_proc", "max_shard_mb")
     spec = get_spec("pathsubfig")
     seen_keys: set[str] = set()
     dup_counts: dict[str, int] = {}
 
     def fresh(key: str, image_id: str, writer) -> bool:
-        if not _in_shard(key, shard):
+        if not in_shard(key, shard):
             return False
         if key in seen_keys:  # two inputs that map to one id: the second would be lost on resume
             n = dup_counts[key] = dup_counts.get(key, 0) + 1
@@ -638,8 +630,9 @@ def build_subfig(
         seen_keys.add(key)
         return not writer.is_done(key)
 
-    with DatasetWriter(out, spec, config=writer_cfg, resume=resume, overwrite=overwrite,
-                       max_shard_bytes=cfg.max_shard_mb << 20, command=command) as writer, \
+    with DatasetWriter(out, spec, config=cfg, resume=resume, overwrite=overwrite,
+                       max_shard_bytes=cfg.max_shard_mb << 20, command=command,
+                       config_ignore=runtime_keys) as writer, \
             open(out / NOTES, "a", encoding="utf-8") as notes_fh:
         bar = tqdm(desc="build subfig", unit="input", disable=not progress)
         for root in cfg.labelme:

@@ -14,7 +14,6 @@ A source module (``pdf``, ``pmc``, ``web``, ``private``) defines one :class:`Sou
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
@@ -24,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Optional
 
 from pathasst.errors import ConfigError
-from pathasst.inputs import require_paths
+from pathasst.inputs import in_shard, parse_shard, require_paths  # noqa: F401 (in_shard re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +62,7 @@ class ExtractConfig:
 
     def shard_index(self) -> tuple[int, int] | None:
         """``(k, n)`` with 0-based k, or None when the whole input is processed."""
-        if not self.shard:
-            return None
-        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(self.shard))
-        if not match or not (1 <= int(match[1]) <= int(match[2])):
-            raise ValueError(f"shard must be K/N with 1 <= K <= N, e.g. 2/8 (got {self.shard!r})")
-        return int(match[1]) - 1, int(match[2])
+        return parse_shard(self.shard)
 
 
 # --- text ------------------------------------------------------------------------------------
@@ -256,14 +250,6 @@ class Source:
     iter_units: Callable[[list[str], Any], Iterable[Unit]]
     extract_unit: Callable[[Unit, Any], UnitResult]
     description: str = ""
-
-
-def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
-    """Stable assignment of a unit to one of N shards by the hash of its key."""
-    if shard is None:
-        return True
-    k, n = shard
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % n == k
 
 
 def _safe_extract(source: Source, cfg: Any, unit: Unit) -> UnitResult:
