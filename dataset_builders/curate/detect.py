@@ -475,7 +475,8 @@ def _pathcap_record(row: Mapping[str, Any]) -> dict[str, Any]:
 class _Pending:
     record: dict[str, Any]
     split: str
-    image: Any  # PIL RGB
+    view: Any  # PIL RGB, at most 2 x imgsz on its longer side: what the detector sees
+    size: tuple[int, int]  # the figure's own size, the frame of bbox, candidates and spans
     fmt: str
     mode: str
 
@@ -523,7 +524,7 @@ def run_detect(dataset: str | Path, out: str | Path, cfg: DetectConfig, *, overw
         def flush() -> None:
             if not pending:
                 return
-            batch = [np.ascontiguousarray(np.asarray(p.image)[:, :, ::-1]) for p in pending]  # RGB -> BGR
+            batch = [np.ascontiguousarray(np.asarray(p.view)[:, :, ::-1]) for p in pending]  # RGB -> BGR
             kwargs: dict[str, Any] = dict(conf=min(cfg.conf, cfg.candidate_conf), iou=cfg.iou, imgsz=imgsz,
                                           verbose=False, batch=len(batch))
             if cfg.device is not None:
@@ -531,7 +532,8 @@ def run_detect(dataset: str | Path, out: str | Path, cfg: DetectConfig, *, overw
             results = model.predict(batch, **kwargs)
             for item, result in zip(pending, results):
                 boxes = result.boxes
-                xyxy = boxes.xyxy.cpu().numpy().tolist() if len(boxes) else []
+                sx, sy = item.size[0] / item.view.width, item.size[1] / item.view.height
+                xyxy = [[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in boxes.xyxy.cpu().numpy().tolist()]
                 confs = boxes.conf.cpu().numpy().tolist() if len(boxes) else []
                 classes = boxes.cls.cpu().numpy().astype(int).tolist() if len(boxes) else []
                 dets = [(b, c) for b, c, k in zip(xyxy, confs, classes) if k == subfig_cls]
@@ -542,7 +544,7 @@ def run_detect(dataset: str | Path, out: str | Path, cfg: DetectConfig, *, overw
         def _write_figure(writer, item: _Pending, dets, label_dets) -> None:
             record = item.record
             meta = _meta(record)
-            width, height = item.image.size
+            width, height = item.size
             panels = choose_panels(
                 dets, width, height, _candidates(meta), conf=cfg.conf, candidate_conf=cfg.candidate_conf,
                 match_iou=cfg.match_iou, contain=cfg.contain, min_side=cfg.min_side,
@@ -552,11 +554,13 @@ def run_detect(dataset: str | Path, out: str | Path, cfg: DetectConfig, *, overw
                     counts["whole"] += 1
                     writer.add(_pathcap_record(record), split=item.split)
                     return
+                # decoded again at full size, one figure at a time: the batch holds small views only
+                full = load_rgb(record["image"]["bytes"])
                 assign_labels(panels, _spans(meta), "text_layer")
                 if ocr is not None and label_dets and any(p.label is None for p in panels):
-                    _ocr_labels(panels, label_dets, item.image, ocr, cfg.conf)
+                    _ocr_labels(panels, label_dets, full, ocr, cfg.conf)
                 dedupe_labels(panels)
-                crop_source = item.image if item.mode != "L" else item.image.convert("L")
+                crop_source = full if item.mode != "L" else full.convert("L")
                 counts["split"] += 1
                 if cfg.keep_parents:
                     writer.add(_pathcap_record(record), split=item.split)
@@ -586,14 +590,17 @@ def run_detect(dataset: str | Path, out: str | Path, cfg: DetectConfig, *, overw
             try:
                 with Image.open(io.BytesIO(data)) as probe:
                     fmt, mode = probe.format or "PNG", probe.mode
-                rgb = load_rgb(data)
+                view = load_rgb(data)
+                size = view.size
+                if max(size) > 2 * imgsz:
+                    view.thumbnail((2 * imgsz, 2 * imgsz), Image.Resampling.BILINEAR)
             except ImageRejected as exc:
                 writer.reject(key, exc.reason)
                 continue
             except Exception as exc:  # noqa: BLE001 - Pillow's header errors on damaged files
                 writer.reject(key, f"corrupt image: {type(exc).__name__}: {exc}")
                 continue
-            pending.append(_Pending(_pathcap_record(row), split, rgb, fmt, mode))
+            pending.append(_Pending(_pathcap_record(row), split, view, size, fmt, mode))
             if len(pending) >= cfg.batch_size:
                 flush()
         flush()

@@ -129,6 +129,8 @@ def _record(fid: str, image: bytes, width: int, height: int, **extra):
 @pytest.fixture(scope="module")
 def pathcap(tmp_path_factory):
     """A PathCap folder: compound figures seen in training, a single panel, a corrupt image, a subfigure."""
+    from PIL import Image
+
     from pathasst.records import get_spec
     from pathasst.trainers.subfig import TOY_LAYOUTS, toy_compound_figure
     from pathasst.writer import DatasetWriter
@@ -145,6 +147,13 @@ def pathcap(tmp_path_factory):
         records.append(_record(name, _png(img), img.width, img.height, meta=meta))
         truth[name] = boxes
     records.append(_record("broken", b"\x89PNG\r\n\x1a\n-truncated-", 10, 10))
+    big, boxes = toy_compound_figure(TOY_LAYOUTS[3], seed=3, size=(1920, 1600), gutter=80)  # 10x "grid"
+    records.append(_record("big", _png(big), big.width, big.height))
+    truth["big"] = boxes
+    gray = toy_compound_figure(TOY_LAYOUTS[1], seed=1)[0].convert("L")
+    records.append(_record("gray", _png(gray), gray.width, gray.height))
+    dot = Image.new("RGB", (1, 1), "white")
+    records.append(_record("dot", _png(dot), 1, 1))
     sub_img, _ = toy_compound_figure((1, 1), seed=9, size=(64, 64))
     records.append(_record("old/a", _png(sub_img), 64, 64, figure_id="old", subfigure_label="a",
                            bbox=[0.0, 0.0, 64.0, 64.0]))
@@ -207,6 +216,24 @@ def test_compound_figures_become_subfigure_records_inside_their_parent(detected,
         px, py, pw, ph = row["page_bbox"]  # the panel's box on the PDF page, in points
         assert px == pytest.approx(72.0 + x * 96.0 / parent["width"]) and pw == pytest.approx(w * 96.0 / parent["width"])
     assert len([r for r in rows.values() if r["figure_id"] == "row3"]) == 3
+
+
+@needs_ultralytics
+@pytest.mark.slow
+def test_large_grayscale_and_one_pixel_figures(detected, pathcap):
+    from PIL import Image
+
+    _, truth, _ = pathcap
+    rows = _rows(detected)
+    big = sorted((r for r in rows.values() if r["figure_id"] == "big"), key=lambda r: r["id"])
+    assert len(big) == 4  # seen downscaled, boxes mapped back to the figure's own pixels
+    for row, box in zip(big, truth["big"]):
+        assert _iou(row["bbox"], box) > 0.7
+    gray = [r for r in rows.values() if r["figure_id"] == "gray"]
+    assert len(gray) in (1, 2)  # the detector never saw grey figures; whatever it finds, crops stay grey
+    for row in gray:
+        assert Image.open(io.BytesIO(row["image"]["bytes"])).mode == "L"
+    assert rows["dot"]["bbox"] is None  # nothing to split: kept whole
 
 
 @needs_ultralytics
