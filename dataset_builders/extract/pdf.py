@@ -5,7 +5,7 @@ One unit per PDF file (``pdf:<sha256 of the file>``). For each page the extracto
 - **figures**: placed raster images (``page.get_image_info``), vector drawings
   (``page.get_drawings`` clustered into regions, with the tick and axis labels around them), and
   figures built from several placed images (adjacent images grouped into one figure; each placed
-  image's box is kept in ``meta.panels`` as a candidate panel for the subfigure stage);
+  image's box is kept in ``meta.panel_candidates`` for the subfigure stage);
 - **captions**: paragraphs opening with a figure label (``Figure 2.5:``, ``Fig. 3.``, ``FIGURE 12-4``,
   ``Plate 7``, ``Figure 3 (continued)``: :data:`~pathasst.dataset_builders.extract.common.CAPTION_LABEL`),
   continued over the text blocks that follow them in the same column and type size;
@@ -40,10 +40,12 @@ as printed, ``caption_raw`` as printed (line breaks kept, ligatures expanded). `
 ``file``, ``method``, ``kind`` (raster | compound | vector | mixed), ``pixels`` (embedded |
 rendered), ``dpi`` (rendered: the render dpi; embedded: the image's pixels per inch as placed),
 ``caption_pairing`` (below | above | right | left | facing-next | facing-previous),
-``caption_bbox``, ``caption_page``, ``caption_distance``, ``page_size``, for grouped figures
-``panels_pt`` (each placed image, page points) and ``panels`` (the same boxes in the record's
-pixels, COCO ``[x, y, w, h]``), ``license_note`` when the licence is unknown, ``repaired`` when
-mupdf had to repair the file. Ledger ids: the figure id, ``<sha256[:16]>/p<page>/c<n>`` for a
+``caption_bbox``, ``caption_page``, ``caption_distance``, ``page_size``; for grouped figures
+``panel_candidates`` (each placed image's box in the record's pixels, COCO ``[x, y, w, h]``) and
+``panels_pt`` (the same in page points); for figures with text on them (panel letters, tick
+labels) ``text_spans`` (``[{"text", "bbox"}]``, pixels) and ``text_spans_pt`` (points): the keys
+``curate detect`` reads; ``license_note`` when the licence is unknown, ``repaired`` when mupdf
+had to repair the file. Ledger ids: the figure id, ``<sha256[:16]>/p<page>/c<n>`` for a
 caption, ``<sha256[:16]>/p<page>`` for a page, the unit key for the whole file.
 """
 
@@ -187,6 +189,7 @@ class _Line:
     size: float
     font: str
     block: int
+    spans: tuple = ()  # ((bbox, text), ...): what the subfigure stage reads panel letters from
 
 
 @dataclasses.dataclass
@@ -241,6 +244,7 @@ class _Figure:
     pairing: Optional[str] = None
     distance: Optional[float] = None
     overlaid: bool = True  # text or drawings on top of it (only single images are checked)
+    spans: list = dataclasses.field(default_factory=list)  # text layer over the figure: [(bbox, text)]
 
     @property
     def kind(self) -> str:
@@ -297,7 +301,8 @@ def _text_lines(page: Any) -> list[_Line]:
             if not text.strip():
                 continue
             main = max(spans, key=lambda s: len(s["text"].strip()))
-            lines.append(_Line(tuple(line["bbox"]), text.rstrip(), round(main["size"], 1), main["font"], b))
+            lines.append(_Line(tuple(line["bbox"]), text.rstrip(), round(main["size"], 1), main["font"], b,
+                               tuple((tuple(sp["bbox"]), sp["text"].strip()) for sp in spans if sp["text"].strip())))
     return lines
 
 
@@ -567,6 +572,7 @@ def _analyse_page(page: Any, infos: list[dict], decorations: set, cfg: PdfConfig
     # to look as printed; decide here, where the page's text and drawings are at hand.
     ink = [ln.bbox for ln in lines] + [tuple(d["rect"]) for d in drawings]
     for fig in figures:
+        fig.spans = [sp for ln in lines if _centre_in(ln.bbox, fig.bbox) for sp in ln.spans]
         if len(fig.parts) == 1 and fig.parts[0].kind == "raster":
             fig.overlaid = any(_area(_inter(b, fig.bbox)) > 1.0 for b in ink)
     return _Page(page.number, (width, height), figures, captions, blockers)
@@ -1063,6 +1069,8 @@ def _record(doc: Any, page: Any, pg: _Page, fig: _Figure, fid: str, sha: str, na
     rasters = [p for p in fig.parts if p.kind == "raster"]
     if len(fig.parts) > 1 and rasters:
         meta["panels_pt"] = [_xywh(p.bbox) for p in rasters]
+    if fig.spans:
+        meta["text_spans_pt"] = [{"text": t, "bbox": _xywh(b)} for b, t in fig.spans]
     if lic_note:
         meta["license_note"] = lic_note
     if repaired:
@@ -1079,14 +1087,20 @@ def _record(doc: Any, page: Any, pg: _Page, fig: _Figure, fid: str, sha: str, na
         page_bbox=_xywh(box),
         meta=meta,
     )
-    if "panels_pt" in meta:
-        # Candidate panels in the pixels of the record's image (COCO [x, y, w, h]).
+    if "panels_pt" in meta or fig.spans:
+        # The same boxes in the pixels of the record's image (COCO [x, y, w, h]): what the
+        # subfigure stage (curate detect) reads as panel_candidates and text_spans.
         sx, sy = record["width"] / (box[2] - box[0]), record["height"] / (box[3] - box[1])
-        meta["panels"] = [[round((p.bbox[0] - box[0]) * sx, 1), round((p.bbox[1] - box[1]) * sy, 1),
-                           round((p.bbox[2] - p.bbox[0]) * sx, 1), round((p.bbox[3] - p.bbox[1]) * sy, 1)]
-                          for p in rasters]
+
+        def px(b: Box) -> list[float]:
+            return [round((b[0] - box[0]) * sx, 1), round((b[1] - box[1]) * sy, 1),
+                    round((b[2] - b[0]) * sx, 1), round((b[3] - b[1]) * sy, 1)]
+
         kept = json.loads(record["meta"])  # figure_record adds its own keys ("continued")
-        kept["panels"] = meta["panels"]
+        if "panels_pt" in meta:
+            kept["panel_candidates"] = [px(p.bbox) for p in rasters]
+        if fig.spans:
+            kept["text_spans"] = [{"text": t, "bbox": px(b)} for b, t in fig.spans]
         record["meta"] = json.dumps(kept, sort_keys=True, ensure_ascii=False)
     return record
 

@@ -141,8 +141,13 @@ def test_sample_book_layouts_are_recognised(book_run):
     for got, want in zip(sorted(map(box, panels)), sorted(p.bbox for p in comp.panels)):
         assert near(got, want, 1.0)
     w, h = by_label["Figure 5"]["width"], by_label["Figure 5"]["height"]
-    for x, y, pw, ph in meta["Figure 5"]["panels"]:  # the same panels in the record's pixels
+    for x, y, pw, ph in meta["Figure 5"]["panel_candidates"]:  # the same panels in the record's pixels
         assert 0 <= x and 0 <= y and x + pw <= w + 1 and y + ph <= h + 1
+    # the panel letters of the text layer, for the subfigure stage (curate detect)
+    letters = {s["text"]: s["bbox"] for s in meta["Figure 5"]["text_spans"]}
+    assert set(letters) == {p.label for p in comp.panels} == {"A", "B", "C", "D"}
+    x, y, _, _ = letters["D"]
+    assert x > w / 2 and y > h / 2  # D sits in the bottom-right panel, in the image's pixels
     # a single placed image shown as stored is the embedded file itself, byte for byte
     single = by_label["Figure 2.5"]
     assert meta["Figure 2.5"]["pixels"] == "embedded"
@@ -212,7 +217,7 @@ def test_quality_book_captions_beside_over_blocks_and_facing(quality_run):
     assert "fibrosis with flattened" in lig["caption_raw"] and "\ufb01" not in lig["caption_raw"]
     assert row_for("body-reference")["caption"].startswith("Sarcoidosis")
     comp = json.loads(row_for("compound-1x3")["meta"])
-    assert comp["kind"] == "compound" and len(comp["panels"]) == 3
+    assert comp["kind"] == "compound" and len(comp["panel_candidates"]) == 3 and "text_spans" not in comp
 
 
 def test_quality_book_ledger_explains_what_produced_nothing(quality_run):
