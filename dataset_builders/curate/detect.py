@@ -111,6 +111,9 @@ class DetectConfig:
             raise ValueError(f"imgsz must be >= 32 (got {self.imgsz})")
         if self.ocr not in ("auto", "off", "tesseract"):
             raise ValueError(f"ocr must be auto, off or tesseract (got {self.ocr!r})")
+        from pathasst.inputs import parse_shard
+
+        parse_shard(self.shard)
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,8 +498,8 @@ def run_detect(dataset: str | Path, out: str | Path, cfg: DetectConfig, *, overw
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from pathasst.dataset_builders.extract.common import ExtractConfig, in_shard
     from pathasst.images import ImageRejected, load_rgb
+    from pathasst.inputs import in_shard, parse_shard
     from pathasst.records import get_spec
     from pathasst.trainers.subfig import load_detector
     from pathasst.writer import DatasetWriter
@@ -505,7 +508,7 @@ def run_detect(dataset: str | Path, out: str | Path, cfg: DetectConfig, *, overw
     if not dataset.is_dir():
         raise InputError(f"DATASET {dataset}: no such folder")
     shards = _input_shards(dataset)
-    shard = ExtractConfig(shard=cfg.shard).shard_index() if cfg.shard else None
+    shard = parse_shard(cfg.shard)
     model, ckpt = load_detector(cfg.model)
     cfg = dataclasses.replace(cfg, model=str(cfg.model), model_sha256=_sha256(ckpt))
     names = {int(k): str(v) for k, v in model.names.items()}
@@ -675,10 +678,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = DetectConfig(model=str(args.model), conf=args.conf, candidate_conf=min(args.candidate_conf, args.conf),
                            iou=args.iou, batch_size=args.batch_size, imgsz=args.imgsz, device=args.device,
                            ocr=args.ocr, keep_parents=args.keep_parents, shard=args.shard)
-        if cfg.shard:
-            from pathasst.dataset_builders.extract.common import ExtractConfig
+        from pathasst.inputs import parse_shard
 
-            ExtractConfig(shard=cfg.shard)
+        parse_shard(cfg.shard)
     except ValueError as exc:
         raise ConfigError(f"curate detect: {exc}") from None
     command = "pathasst " + " ".join(sys.argv[1:]) if sys.argv[1:] else "pathasst curate detect"
