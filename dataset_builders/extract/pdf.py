@@ -960,6 +960,10 @@ def analyse_pdf(doc: Any, cfg: PdfConfig) -> tuple[list[_Page], dict[int, str]]:
     page_errors: dict[int, str] = {}
     for page in doc:
         try:
+            if page.rotation:
+                # Work in the coordinates the reader sees (boxes, captions beside, rendering), as
+                # pymupdf4llm does; only this in-memory copy changes.
+                page.remove_rotation()
             infos_by_page.append(_image_infos(page))
         except Exception as exc:  # noqa: BLE001 - a damaged page must not cost the others
             infos_by_page.append([])

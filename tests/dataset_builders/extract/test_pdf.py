@@ -423,3 +423,19 @@ def test_speed_benchmark_runs_and_reports(tmp_path, capsys):
     assert res["pages"] == 14 and res["figures"] == 12 and res["records_written"] == 12
     assert {"raw", "analyse", "extract_unit", "extract_pdf"} <= set(res["contenders"])
     assert "extract_pdf / raw (cpu)" in res["ratios"] and "ratios" in capsys.readouterr().out
+
+
+def test_rotated_pages_are_read_as_shown(pdf_factory, tmp_path):
+    truth = pdf_factory([pdf_factory.caption_below_page(), pdf_factory.vector_figure_page()])
+    doc = pymupdf.open(truth.path)
+    for page in doc:
+        page.set_rotation(90)  # a landscape spread stored as rotated portrait pages
+    rotated = tmp_path / "rotated.pdf"
+    doc.save(rotated)
+    cfg = PdfConfig()
+    result = SOURCE.extract_unit(next(iter(SOURCE.iter_units([str(rotated)], cfg))), cfg)
+    assert [r["figure_label"] for r in result.records] == ["Figure 2.5", "Figure 3.1"] and not result.rejects
+    for rec, fig in zip(result.records, truth.figures):
+        w_pt, h_pt = fig.bbox[2] - fig.bbox[0], fig.bbox[3] - fig.bbox[1]
+        assert abs(rec["page_bbox"][2] - h_pt) < TOL and abs(rec["page_bbox"][3] - w_pt) < TOL  # turned as shown
+        assert rec["height"] > rec["width"]  # and the pixels turned with it
