@@ -126,6 +126,11 @@ class PdfConfig(ExtractConfig):
             raise ValueError(f"group_gap must be >= 0 points (got {self.group_gap})")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)} (got {self.method!r})")
+        if self.method == "layout":
+            import importlib.util
+
+            if importlib.util.find_spec("pymupdf4llm") is None:
+                raise ValueError("method=layout needs pymupdf4llm (pip install pymupdf4llm); method=geometry does not")
         if self.pixels not in PIXELS:
             raise ValueError(f"pixels must be one of {', '.join(PIXELS)} (got {self.pixels!r})")
 
