@@ -76,7 +76,8 @@ def unregister(name: str) -> None:
 
 
 for _spec in (
-    FamilySpec("selector", "ConvNeXt-Tiny pathology-image selector (timm)", issue=4),
+    FamilySpec("selector", "ConvNeXt-Tiny pathology-image selector (timm)", issue=4,
+               entry="pathasst.trainers.selector:main"),
     # ultralytics brings its own training loop (data YAML, augmentation, mosaic, EMA, its own
     # checkpoints and resume): re-implementing it over loop.train would be a fork of a maintained
     # engine (DESIGN.md §6, "nothing home-made where an existing engine does the job"). The subfig
