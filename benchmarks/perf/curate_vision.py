@@ -1,0 +1,328 @@
+"""Benchmark: the curation vision models on CPU (issue 4), one section per model.
+
+Sections (``--sections``, default all):
+
+* ``selector``: images/s of the pathology-image selector at batch sizes 1, 8 and 32, for the tiny
+  test architecture (timm ``test_convnext`` at 64 px) and the real one (``convnext_tiny`` at 224 px),
+  both random-initialised (same cost as trained weights, no download). Measured end to end, as
+  ``pathasst curate select`` runs it: encoded image bytes -> decode (downscaled) -> timm's eval
+  transform -> forward -> softmax, plus the model's share alone (transform + forward on decoded
+  images). Peak RSS of each run.
+
+Every (section, configuration) runs in its own fresh interpreter (this module with the hidden
+``--worker`` flag), so its peak RSS is its own; the images are made once by the parent. The machine
+running this is shared and noisy: the numbers that mean something are the ratios of runs measured
+side by side in one invocation, which are printed next to the rates.
+
+    python -m pathasst.benchmarks.perf.curate_vision                       # every section
+    python -m pathasst.benchmarks.perf.curate_vision --sections selector --images 64 --json out.json
+
+A new section (the subfigure detector) is one more ``Section`` in :data:`SECTIONS`: a ``plan``
+(the worker configurations), a ``worker`` (one measurement in a fresh process) and a ``report``
+(the table), below the selector's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import pickle
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+MODULE = "pathasst.benchmarks.perf.curate_vision"
+MiB = 1 << 20
+
+
+# --- shared helpers ----------------------------------------------------------------------------
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux ``clear_refs`` 5); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mib(field: str = "VmRSS") -> float:
+    """Current (``VmRSS``) or peak (``VmHWM``) resident memory of this process in MiB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # fallback: a peak, not current
+
+
+def run_worker(section: str, config: dict[str, Any], shared: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter; return its JSON result."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump({"section": section, "config": config, "shared": shared}, fh)
+        spec = fh.name
+    try:
+        proc = subprocess.run([sys.executable, "-m", MODULE, "--worker", spec], capture_output=True, text=True,
+                              timeout=timeout)
+    finally:
+        os.unlink(spec)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{section} worker {config} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fmt_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """One benchmark section.
+
+    Attributes:
+        plan: ``args -> (shared, configs)``: what the parent prepares once (files, paths) and the
+            list of worker configurations.
+        worker: ``(config, shared) -> result``: one measurement, in a fresh process.
+        report: ``(results, args) -> str``: the table with rates and ratios.
+    """
+
+    plan: Callable[[argparse.Namespace, Path], tuple[dict[str, Any], list[dict[str, Any]]]]
+    worker: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+    report: Callable[[list[dict[str, Any]], argparse.Namespace], str]
+
+
+# --- section: selector -------------------------------------------------------------------------
+
+SELECTOR_MODELS = {"tiny": ("test_convnext", 64), "convnext_tiny": ("convnext_tiny", 224)}
+
+
+def make_selector_images(n: int, seed: int = 0) -> list[bytes]:
+    """``n`` encoded images like the figures a selector sees: half real tissue (crops of the IHC
+    micrograph, H&E and IHC, JPEG, 256-512 px), half real non-pathology pictures (scikit-image's
+    astronaut, coffee, cat, camera, page, rocket, text, moon; PNG and JPEG, 200-600 px)."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    from pathasst.testing.images import tissue_tile
+
+    rng = np.random.default_rng(seed)
+    pictures = [data.astronaut(), data.coffee(), data.chelsea(), data.camera(), data.page(), data.rocket(),
+                data.text(), data.moon()]
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        if i % 2 == 0:
+            size = int(rng.integers(256, 513))
+            tissue_tile(size, seed=i, stain="he" if i % 4 else "ihc").save(buf, format="JPEG", quality=90)
+        else:
+            arr = pictures[(i // 2) % len(pictures)]
+            img = Image.fromarray(arr).convert("RGB")
+            scale = float(rng.uniform(0.5, 1.2))
+            img = img.resize((max(32, int(img.width * scale)), max(32, int(img.height * scale))))
+            img.save(buf, format="PNG" if i % 3 else "JPEG")
+        out.append(buf.getvalue())
+    return out
+
+
+def _selector_plan(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    images = make_selector_images(args.images)
+    images_file = workdir / "selector_images.pkl"
+    images_file.write_bytes(pickle.dumps(images))
+    configs = [
+        {"model": name, "batch_size": bs, "repeat": r, "threads": args.threads}
+        for name in args.models.split(",")
+        for bs in (int(b) for b in args.batch_sizes.split(","))
+        for r in range(args.repeat)
+    ]
+    unknown = sorted({c["model"] for c in configs} - set(SELECTOR_MODELS))
+    if unknown:
+        raise SystemExit(f"unknown selector model(s) {unknown}; choose from {', '.join(SELECTOR_MODELS)}")
+    mean_bytes = sum(map(len, images)) / len(images)
+    shared = {"images_file": str(images_file), "workdir": str(workdir), "mean_bytes": mean_bytes}
+    return shared, configs
+
+
+def _selector_worker(config: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from pathasst.trainers import selector as sel
+
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    name, image_size = SELECTOR_MODELS[config["model"]]
+    images = pickle.loads(Path(shared["images_file"]).read_bytes())
+    folder = Path(shared["workdir"]) / f"model-{config['model']}"
+    if not (folder / "config.json").exists():
+        cfg = sel.SelectorConfig(data=".", model=name, image_size=image_size, output_dir=".")
+        torch.manual_seed(0)
+        model = sel.create_selector_model(cfg, ["non_pathology", "pathology"]).eval()
+        sel.save_selector(model.state_dict(), model, folder, ["pathology"])
+    selector = sel.Selector.load(str(folder), device="cpu")
+    bs = config["batch_size"]
+    # warm-up: one batch (allocator, oneDNN primitives), not timed
+    selector.score([selector.decode(b) for b in images[:bs]])
+    rss_before = rss_mib()
+    reset_peak_rss()
+    decode_s = model_s = 0.0
+    scores, per_image = [], []
+    start = time.perf_counter()
+    for i in range(0, len(images), bs):
+        t0 = time.perf_counter()
+        decoded = [selector.decode(b) for b in images[i:i + bs]]
+        t1 = time.perf_counter()
+        scores.append(selector.score(decoded))
+        t2 = time.perf_counter()
+        decode_s += t1 - t0
+        model_s += t2 - t1
+        per_image.append((t2 - t0) / len(decoded))
+    seconds = time.perf_counter() - start
+    scores = np.concatenate(scores)
+    return {
+        **config,
+        "architecture": name,
+        "image_size": image_size,
+        "params_m": round(sum(p.numel() for p in selector.model.parameters()) / 1e6, 2),
+        "images": len(images),
+        "seconds": seconds,
+        "images_per_s": len(images) / seconds,
+        # robust to the stalls of a shared machine: the median batch's rate
+        "median_batch_images_per_s": 1 / statistics.median(per_image),
+        "model_images_per_s": len(images) / model_s,
+        "decode_share": decode_s / seconds,
+        "peak_rss_mib": rss_mib("VmHWM"),
+        "rss_before_mib": rss_before,
+        "torch_threads": torch.get_num_threads(),
+        "score_mean": float(scores.mean()),
+    }
+
+
+def _selector_report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    by_key: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in results:
+        by_key.setdefault((r["model"], r["batch_size"]), []).append(r)
+    fields = ("images_per_s", "median_batch_images_per_s", "model_images_per_s", "decode_share", "peak_rss_mib",
+              "rss_before_mib")
+    med = {k: v[0] | {f: statistics.median(x[f] for x in v) for f in fields} for k, v in by_key.items()}
+    models = list(dict.fromkeys(r["model"] for r in results))
+    sizes = sorted({r["batch_size"] for r in results})
+    rows = []
+    for model in models:
+        base = med.get((model, sizes[0]))
+        for bs in sizes:
+            m = med.get((model, bs))
+            if m is None:
+                continue
+            other = [o for o in models if o != model]
+            vs = med.get((other[0], bs)) if other else None
+            rows.append([
+                f"{model} ({m['architecture']}, {m['params_m']} M, {m['image_size']} px)",
+                str(bs),
+                f"{m['images_per_s']:.1f}",
+                f"{m['median_batch_images_per_s']:.1f}",
+                f"{m['images_per_s'] / base['images_per_s']:.2f}x" if base else "-",
+                f"{m['images_per_s'] / vs['images_per_s']:.2f}x" if vs else "-",
+                f"{m['model_images_per_s']:.1f}",
+                f"{100 * m['decode_share']:.0f}%",
+                f"{m['peak_rss_mib']:.0f}",
+                f"{m['peak_rss_mib'] - m['rss_before_mib']:+.0f}",
+            ])
+    header = ["selector", "batch", "img/s", "median-batch img/s", f"vs batch {sizes[0]}", "vs other model",
+              "model img/s", "decode",
+              "peak RSS MiB", "growth MiB"]
+    threads = results[0]["torch_threads"] if results else "?"
+    note = (f"\n{results[0]['images'] if results else 0} images per run (half tissue JPEGs 256-512 px, half "
+            f"pictures 200-600 px), end to end (decode + transform + forward); 'model img/s' counts transform + "
+            f"forward only; 'median-batch img/s' is the rate of the median batch (robust to stalls of a shared "
+            f"machine); ratios use img/s; torch threads {threads}; medians of {args.repeat} run(s).")
+    return _fmt_table(header, rows) + note
+
+
+SECTIONS: dict[str, Section] = {
+    "selector": Section(_selector_plan, _selector_worker, _selector_report),
+    # "detector": Section(...),  # issue 4, subfigure detector: appended by its own change
+}
+
+
+# --- driver ------------------------------------------------------------------------------------
+
+
+def _worker_main(spec_file: str) -> None:
+    spec = json.loads(Path(spec_file).read_text())
+    result = SECTIONS[spec["section"]].worker(spec["config"], spec["shared"])
+    print(json.dumps(result))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
+    parser.add_argument("--images", type=int, default=96, help="images per selector run (default 96)")
+    parser.add_argument("--batch-sizes", default="1,8,32", help="selector batch sizes (default 1,8,32)")
+    parser.add_argument("--models", default="tiny,convnext_tiny", help="selector models (default tiny,convnext_tiny)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice)")
+    parser.add_argument("--repeat", type=int, default=1, help="fresh runs per configuration; medians reported")
+    parser.add_argument("--json", type=Path, help="write every run's numbers and the environment here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
+    env = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+    }
+    out: dict[str, Any] = {"environment": env, "sections": {}}
+    with tempfile.TemporaryDirectory(prefix="curate-vision-") as tmp:
+        for name in sections:
+            section = SECTIONS[name]
+            shared, configs = section.plan(args, Path(tmp))
+            results = []
+            for config in configs:
+                result = run_worker(name, config, shared)
+                print(f"  {name} {config}: {result.get('images_per_s', 0):.1f} img/s, "
+                      f"peak RSS {result.get('peak_rss_mib', 0):.0f} MiB", file=sys.stderr, flush=True)
+                results.append(result)
+            out["sections"][name] = results
+            print(f"\n## {name}\n\n{section.report(results, args)}\n")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker:
+        _worker_main(args.worker)
+        return 0
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
