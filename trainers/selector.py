@@ -928,13 +928,13 @@ def check_timm_folder(path: Path, what: str = "model") -> dict[str, Any]:
     return config
 
 
-def _read_model_config(ref: str) -> tuple[str, Optional[dict[str, Any]]]:
-    """``(timm model name, config.json or None)`` for a local folder or a Hub id."""
+def _read_model_config(ref: str, what: str = "model") -> tuple[str, Optional[dict[str, Any]]]:
+    """``(timm model name, config.json)`` for a local folder or a Hub id; ``what`` names it in errors."""
     path = Path(ref).expanduser()
     if not ref.startswith("hf-hub:") and path.exists():
-        return f"local-dir:{path}", check_timm_folder(path)
+        return f"local-dir:{path}", check_timm_folder(path, what)
     if not _HUB_ID.match(ref) or ref.startswith((".", "/", "~")):
-        raise InputError(f"model {ref}: no such folder (and not a Hub model id like owner/name)")
+        raise InputError(f"{what} {ref}: no such folder (and not a Hub model id like owner/name)")
     repo = ref.removeprefix("hf-hub:")
     config = None
     try:
@@ -945,10 +945,10 @@ def _read_model_config(ref: str) -> tuple[str, Optional[dict[str, Any]]]:
         config = _read_json(Path(hf_hub_download(repo_id, CONFIG_FILE, revision=revision)))
     except Exception as exc:  # noqa: BLE001 - offline, gated, missing: say which and stop
         where = "" if ref.startswith("hf-hub:") else "no such folder, and "
-        raise InputError(f"model {ref}: {where}cannot fetch its config.json from the Hub as a model id "
+        raise InputError(f"{what} {ref}: {where}cannot fetch its config.json from the Hub as a model id "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     if config is None or "architecture" not in config or "pretrained_cfg" not in config:
-        raise InputError(f"model {ref} is not a timm image classifier on the Hub (config.json without "
+        raise InputError(f"{what} {ref} is not a timm image classifier on the Hub (config.json without "
                          "architecture / pretrained_cfg)")
     return f"hf-hub:{repo}", config
 
@@ -997,7 +997,7 @@ def create_selector_model(cfg: SelectorConfig, labels: Sequence[str]) -> "torch.
         model = timm.create_model(cfg.model, pretrained=False, num_classes=n, **kwargs)
         _load_state_file(model, Path(cfg.pretrained).expanduser())
     else:
-        name, config = _read_model_config(cfg.pretrained)
+        name, config = _read_model_config(cfg.pretrained, what="pretrained weights")
         if config["architecture"] != cfg.model:
             raise ConfigError(
                 f"pretrained={cfg.pretrained} holds a '{config['architecture']}' model but model={cfg.model}; "
