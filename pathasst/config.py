@@ -20,6 +20,29 @@ from pathasst.errors import ConfigError
 
 T = TypeVar("T")
 
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false are booleans.
+
+    PyYAML follows YAML 1.1, where `no`, `off`, `yes`, `on` are booleans, so `mixed_precision: no`
+    would arrive as False. Typed fields that want booleans still get them: OmegaConf converts the
+    strings "yes"/"no"/"on"/"off" for bool-typed keys.
+    """
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def yaml_load(text: str):
+    """Parse YAML with YAML 1.2 booleans (see :class:`_Yaml12Loader`)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
 # Keys whose values never reach disk or logs (DESIGN.md §6): matched case-insensitively on the
 # last component of a dotted key.
 _SECRET_KEY = re.compile(r"(^|_)(token|key|secret|password)$", re.IGNORECASE)
@@ -55,7 +78,7 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = nested
@@ -109,7 +132,7 @@ def load_config(
         path = resolve_recipe(recipe, recipe_dir)
         origin_file = str(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):

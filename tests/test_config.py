@@ -99,3 +99,19 @@ def test_config_hash_tracks_meaning_not_noise():
     c = load_config(Recipe, None, ["seed=2"])
     assert config_hash(a) == config_hash(b) != config_hash(c)
     assert config_hash(a, ignore=["seed"]) == config_hash(c, ignore=["seed"])
+
+
+def test_yaml_11_booleans_stay_strings_for_string_keys(tmp_path):
+    cfg = load_config(Recipe, None, ["precision=no"])
+    assert cfg.precision == "no"
+    recipe = write(tmp_path, "r", {})
+    recipe.write_text("precision: no\n")
+    assert load_config(Recipe, recipe).precision == "no"
+
+    @dataclass
+    class Flags:
+        enabled: bool = False
+
+    assert load_config(Flags, None, ["enabled=yes"]).enabled is True
+    assert load_config(Flags, None, ["enabled=true"]).enabled is True
+    assert load_config(Flags, None, ["enabled=off"]).enabled is False
