@@ -52,7 +52,9 @@ How the shared training keys (:class:`~pathasst.trainers.loop.TrainArgs`) map on
 ``schedule``                  ``linear`` (ultralytics' default, to ``lrf``), ``cosine``
                               (``cos_lr=True``), ``constant`` (``lrf=1``).
 ``mixed_precision``           ``no`` -> ``amp=False``; ``fp16`` -> ``amp=True`` on CUDA (the
-                              download-based AMP self-test replaced, see ultralytics_offline);
+                              download-based AMP self-test replaced, see ultralytics_offline;
+                              with several GPUs ultralytics' DDP workers run their own check,
+                              which fails to download offline and then enables AMP);
                               ``bf16`` is refused (ultralytics trains in fp16 or fp32).
 ``num_workers``               ``workers`` (ultralytics uses 0 on CPU anyway).
 ``resume``                    ``auto``: continue ``output_dir/weights/last.pt`` with
@@ -813,11 +815,12 @@ def _summarise(cfg: SubfigConfig, data: YoloData, output_dir: Path, resumed: Opt
         epochs_done = max(0, len(results_csv.read_text().strip().splitlines()) - 1)
     batches = max(1, math.ceil(data.count_images("train") / int(train_args.get("batch") or cfg.batch_size)))
     accumulate = max(1, round(int(train_args.get("nbs") or 64) / int(train_args.get("batch") or cfg.batch_size)))
-    metrics = {"val": evaluate(best, data.yaml_path, "val", batch=cfg.batch_size, device=cfg.device,
+    device = cfg.device.split(",")[0] if cfg.device else None  # evaluation runs on one device
+    metrics = {"val": evaluate(best, data.yaml_path, "val", batch=cfg.batch_size, device=device,
                                work_dir=output_dir / ".eval")}
     if cfg.eval_split and cfg.eval_split not in ("val", "validation") and cfg.eval_split in data.splits:
         metrics[cfg.eval_split] = evaluate(best, data.yaml_path, cfg.eval_split, batch=cfg.batch_size,
-                                           device=cfg.device, work_dir=output_dir / ".eval")
+                                           device=device, work_dir=output_dir / ".eval")
     for m in metrics.values():
         for key in ("model", "data", "conf", "iou"):
             m.pop(key, None)

@@ -318,3 +318,25 @@ def test_wrong_family_model_is_a_clear_error(pathcap, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and message in err, (model, err)
     assert not (tmp_path / "out").exists()
+
+
+def test_ocr_reads_letters_in_panel_label_boxes_when_tesseract_is_installed():
+    import shutil
+
+    if importlib.util.find_spec("pytesseract") is None or shutil.which("tesseract") is None:
+        pytest.skip("OCR is optional: pytesseract and the tesseract program are not installed")
+    import matplotlib
+    from PIL import Image, ImageDraw, ImageFont
+
+    from pathasst.dataset_builders.curate.detect import Panel, _ocr_labels, ocr_backend
+
+    font = ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans-Bold.ttf"), 18)
+    img = Image.new("RGB", (200, 100), "white")
+    draw = ImageDraw.Draw(img)
+    label_boxes = []
+    for (x, y), text in zip([(8, 6), (108, 6)], ["A", "(b)"]):
+        draw.text((x, y), text, fill="black", font=font)
+        label_boxes.append((draw.textbbox((x, y), text, font=font), 0.9))
+    panels = [Panel((5, 5, 95, 95), 0.9), Panel((105, 5, 195, 95), 0.9)]
+    _ocr_labels(panels, label_boxes, img, ocr_backend("tesseract"), conf=0.4)
+    assert [(p.label, p.label_source) for p in panels] == [("A", "ocr"), ("b", "ocr")]
