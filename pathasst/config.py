@@ -81,6 +81,9 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
             value = yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, (dict, list)) and not raw.lstrip().startswith(("{", "[")):
+            value = raw  # "license=CC BY: see site" is text, not a YAML mapping
+
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:

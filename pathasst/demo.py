@@ -32,6 +32,7 @@ class DemoContext:
     out: Path
     max_side: int
     collection: str = "sample"
+    atlas_figures: dict[str, str] = dataclasses.field(default_factory=dict)
     results: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
@@ -87,8 +88,43 @@ def stage_sample(ctx: DemoContext) -> dict[str, Any]:
     with open(inputs / "figures.jsonl", "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     ctx.collection = sample["collection"]
-    return {"inputs": len(rows), "manifest": "inputs/figures.jsonl",
+    ctx.atlas_figures = _write_atlas(inputs / "atlas.pdf", micrograph, sample)
+    return {"inputs": len(rows), "manifest": "inputs/figures.jsonl", "atlas": "inputs/atlas.pdf",
+            "atlas_figures": len(ctx.atlas_figures),
             "source": "skimage.data.immunohistochemistry (real IHC micrograph)"}
+
+
+def _write_atlas(path: Path, micrograph, sample: dict[str, Any]) -> dict[str, str]:
+    """A small textbook PDF of the sample figures: captions below and above, running heads, and
+    one compound figure of four placed panels. Returns figure label -> caption as printed."""
+    from pathasst.testing.pdfs import A4, MARGIN, Figure, Page, Text, make_pdf
+
+    width = A4[0] - 2 * MARGIN
+    pages, printed = [], {}
+    figures = sample["figures"]
+    for i, fig in enumerate(figures[1:], 1):
+        label = f"Figure 1.{i}"
+        caption = f"{label}: {' '.join(fig['caption'].split())}"
+        printed[label] = caption
+        below = i % 2 == 1
+        top = 140.0 if below else 200.0
+        rect = (MARGIN + width * 0.2, top, MARGIN + width * 0.8, top + width * 0.6)
+        pages.append(Page(
+            figures=[Figure(rect, caption, "below" if below else "above", images=[_crop_png(micrograph, fig.get("crop"))])],
+            texts=[Text((MARGIN, 70, MARGIN + width, 95), "Chapter 1. The colonic mucosa", 13, "hebo", role="heading")],
+            header="Atlas of colonic immunohistochemistry", footer=str(len(pages) + 1)))
+    panels = [fig for fig in figures[1:5]]
+    label = f"Figure 1.{len(figures)}"
+    caption = (f"{label}: FHL2 immunohistochemistry, DAB with hematoxylin counterstain. "
+               + " ".join(f"({chr(65 + j)}) {' '.join(fig['caption'].split())}" for j, fig in enumerate(panels)))
+    printed[label] = caption
+    rect = (MARGIN, 120.0, MARGIN + width, 120.0 + width * 0.8)
+    pages.append(Page(
+        figures=[Figure(rect, caption, "below", kind="compound", grid=(2, 2),
+                        images=[_crop_png(micrograph, fig.get("crop")) for fig in panels])],
+        header="Atlas of colonic immunohistochemistry", footer=str(len(pages) + 1)))
+    make_pdf(path, pages, title="pathasst demo atlas")
+    return printed
 
 
 def stage_extract_private(ctx: DemoContext) -> dict[str, Any]:
@@ -116,34 +152,79 @@ def stage_extract_private(ctx: DemoContext) -> dict[str, Any]:
     }
 
 
+def stage_extract_pdf(ctx: DemoContext) -> dict[str, Any]:
+    """`pathasst extract pdf inputs/atlas.pdf --out pathcap_pdf`, checked against what was printed."""
+    from pathasst.config import load_config
+    from pathasst.dataset_builders.extract.common import run_extract
+    from pathasst.dataset_builders.extract.pdf import SOURCE
+
+    sample = _load_sample()
+    cfg = load_config(SOURCE.config, None, [f"license={sample['license']}", f"max_side={ctx.max_side}"])
+    summary = run_extract(SOURCE, cfg, [str(ctx.out / "inputs" / "atlas.pdf")], str(ctx.out / "pathcap_pdf"),
+                          command="pathasst demo (extract pdf)")
+    from datasets import load_dataset
+
+    rows = [r for part in load_dataset(str(ctx.out / "pathcap_pdf")).values() for r in part]
+    found = {r["figure_label"]: " ".join(r["caption_raw"].split()) for r in rows}  # raw keeps line breaks
+    paired = sum(1 for label, caption in ctx.atlas_figures.items() if found.get(label) == caption)
+    return {
+        "figures_printed": len(ctx.atlas_figures),
+        "records": summary.records,
+        "rejected": summary.rejected,
+        "captions_paired_exactly": paired,
+        "folder": "pathcap_pdf",
+    }
+
+
+def stage_subfig(ctx: DemoContext) -> dict[str, Any]:
+    """`pathasst build subfig --synthetic 24 --images pathcap`: compound figures with exact boxes."""
+    from pathasst.config import load_config
+    from pathasst.dataset_builders.build.subfig import SubfigConfig, build_subfig
+
+    cfg = load_config(SubfigConfig, None, ["synthetic=24", f"images={ctx.out / 'pathcap'}", "seed=0",
+                                           f"yolo_export={ctx.out / 'subfig_yolo'}"])
+    summary = build_subfig(cfg, ctx.out / "subfig", command="pathasst demo (build subfig)")
+    return {"figures": summary.records, "boxes": summary.objects, "rejected": summary.rejected,
+            "folder": "subfig", "yolo_export": "subfig_yolo"}
+
+
 def stage_verify(ctx: DemoContext) -> dict[str, Any]:
-    """Load the folder exactly as a user would and check it against the contract."""
+    """Load every dataset folder exactly as a user would and check it against its contract."""
     from datasets import load_dataset
 
     from pathasst.records import get_spec
 
-    spec = get_spec("pathcap")
-    ds = load_dataset(str(ctx.out / "pathcap"))
-    groups: dict[str, set[str]] = {}
-    checked = 0
-    for split, part in ds.items():
-        for record in part:
-            spec.validate(record)
-            groups.setdefault(spec.group_of(record), set()).add(split)
-            checked += 1
-    leaking = sorted(g for g, s in groups.items() if len(s) > 1)
-    expected = sum(ctx.results["extract"]["records"].values())
-    if checked != expected or leaking:
-        raise OutputError(f"verification failed: {checked} rows loaded, {expected} written; "
-                          f"groups in several splits: {leaking}")
-    return {"loaded_rows": {k: len(v) for k, v in ds.items()}, "groups": len(groups),
-            "groups_spanning_splits": 0, "contract": "every row valid"}
+    checks = {"pathcap": ("pathcap", "extract"), "pathcap_pdf": ("pathcap", "extract-pdf"),
+              "subfig": ("pathsubfig", "subfig")}
+    report: dict[str, Any] = {}
+    for folder, (kind, stage) in checks.items():
+        written = ctx.results.get(stage)
+        if written is None:
+            continue
+        spec = get_spec(kind)
+        ds = load_dataset(str(ctx.out / folder))
+        groups: dict[str, set[str]] = {}
+        rows = 0
+        for split, part in ds.items():
+            for record in part:
+                spec.validate(record)
+                groups.setdefault(spec.group_of(record), set()).add(split)
+                rows += 1
+        expected = sum((written.get("records") or written.get("figures")).values())
+        leaking = sorted(g for g, s in groups.items() if len(s) > 1)
+        if rows != expected or leaking:
+            raise OutputError(f"verification of {folder} failed: {rows} rows loaded, {expected} written; "
+                              f"groups in several splits: {leaking}")
+        report[folder] = f"{rows} rows valid, {len(groups)} groups, none across splits"
+    return report
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("sample", "write the embedded sample (real IHC micrograph crops + broken inputs)", stage_sample),
     Stage("extract", "extract private: the manifest -> a PathCap dataset folder", stage_extract_private),
-    Stage("verify", "load it with datasets.load_dataset and check the record contract", stage_verify),
+    Stage("extract-pdf", "extract pdf: the atlas -> a PathCap dataset folder, pairs checked", stage_extract_pdf),
+    Stage("subfig", "build subfig: synthetic compound figures from the PathCap images", stage_subfig),
+    Stage("verify", "load every folder with datasets.load_dataset and check its contract", stage_verify),
 )
 
 

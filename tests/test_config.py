@@ -80,6 +80,8 @@ def test_post_init_checks_and_missing_recipes(tmp_path):
 def test_overrides_parse_yaml_scalars():
     assert parse_overrides(["a=1", "b=0.5", "c=true", "d=hello", "e.f=[1, 2]", "g="]) == {
         "a": 1, "b": 0.5, "c": True, "d": "hello", "e": {"f": [1, 2]}, "g": ""}
+    assert parse_overrides(["license=Free to use: see the site", "m={a: 1}"]) == {
+        "license": "Free to use: see the site", "m": {"a": 1}}
 
 
 def test_resolved_config_redacts_secrets(tmp_path):

@@ -11,7 +11,7 @@ def test_demo_writes_run_folder_with_dataset_ledger_and_summary(tmp_path, capsys
     out = tmp_path / "run"
     assert main(["demo", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "[1/3] sample" in printed and f"Run folder: {out}" in printed
+    assert "[1/5] sample" in printed and f"Run folder: {out}" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert [s["name"] for s in summary["stages"]] == [s.name for s in STAGES]
     extract = next(s for s in summary["stages"] if s["name"] == "extract")
@@ -34,6 +34,14 @@ def test_demo_writes_run_folder_with_dataset_ledger_and_summary(tmp_path, capsys
     assert all(len(r["phash"]) == 16 for r in rows)
     assert len({r["phash"] for r in rows}) == 7  # different crops, different hashes
     assert "| extract |" in (out / "summary.md").read_text()
+
+    pdf = next(s for s in summary["stages"] if s["name"] == "extract-pdf")
+    assert pdf["figures_printed"] == 7 and pdf["captions_paired_exactly"] == 7 and pdf["rejected"] == 0
+    subfig = next(s for s in summary["stages"] if s["name"] == "subfig")
+    assert sum(subfig["figures"].values()) == 24 and subfig["boxes"]["subfigure"] >= 24
+    assert (out / "subfig_yolo" / "data.yaml").exists()
+    verify = next(s for s in summary["stages"] if s["name"] == "verify")
+    assert set(verify) >= {"pathcap", "pathcap_pdf", "subfig"}
 
 
 def test_demo_refuses_to_overwrite_a_run_unless_asked(tmp_path, capsys):
