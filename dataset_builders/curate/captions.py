@@ -48,6 +48,13 @@ A range or list marker gives its text to each panel it names (``(B–D)`` -> B, 
 out in label order (position words: in order of appearance); a label named twice gets both texts.
 A caption without markers is one panel with label None; an empty caption gives no panel.
 
+Known limits (what the LLM path is for): numbered panels (``(1)``, ``1.``) are not split; an
+inset inside a lettered panel stays in that panel's text; labels are Latin letters (with digits),
+lower-case roman numerals or position words, so Cyrillic or Greek panel letters are not found;
+one style (preceding or following) is chosen per caption, so captions that mix both are split
+approximately; a statement that applies to all panels in the middle of a caption stays with the
+panel it follows.
+
 Everything runs in time linear in the caption: a few simple regular expressions with bounded
 repetitions (no nested unbounded quantifiers, nothing that backtracks catastrophically) and scans
 over the matches they find.
