@@ -233,7 +233,6 @@ class _Scan:
     caption_len: list[int] = dataclasses.field(default_factory=list)
     caption_key: list[Optional[int]] = dataclasses.field(default_factory=list)
     source: list[str] = dataclasses.field(default_factory=list)
-    occurrences: Counter = dataclasses.field(default_factory=Counter)
     splits: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -390,7 +389,7 @@ def run(args: argparse.Namespace) -> int:
     datasets, overrides = parse_paths_and_overrides(list(args.inputs))
     cfg = load_config(DedupConfig, args.recipe, overrides)
     cfg.inputs = [str(d) for d in datasets]
-    command = "pathasst curate dedup " + " ".join(sys.argv[3:]) if sys.argv[3:] else None
+    command = f"pathasst curate dedup {' '.join(args.inputs)} --out {args.out}"
     summary = dedup_datasets(datasets, args.out, cfg, overwrite=args.overwrite, resume=args.resume,
                              progress=not args.no_progress, command=command, show=args.show)
     for line in summary.pop("_shown"):
@@ -452,22 +451,20 @@ def dedup_datasets(
         for split, batch in iter_batches(ds):
             scan.splits.setdefault(split, DEFAULT_SPLITS.get(split, 1.0))
             rows = len(batch["id"])
-            for j in range(rows):
-                rid = batch["id"][j]
+            column = {name: batch.get(name) or [None] * rows for name in META_COLUMNS}
+            for rid, caption, phash, width, height, source in zip(
+                column["id"], column["caption"], column["phash"], column["width"], column["height"], column["source"]
+            ):
                 status, key = record_units(di, split, position[split], rid, seen)
                 position[split] += 1
-                caption = (batch.get("caption") or [None] * rows)[j]
-                phash = (batch.get("phash") or [None] * rows)[j]
-                width = (batch.get("width") or [None] * rows)[j] or 0
-                height = (batch.get("height") or [None] * rows)[j] or 0
                 scan.ids.append(str(rid) if rid is not None else "")
                 scan.status.append(status)
                 scan.keys.append(key)
                 scan.phash.append(phash if is_hash(phash) else None)
-                scan.area.append(int(width) * int(height))
+                scan.area.append(int(width or 0) * int(height or 0))
                 scan.caption_len.append(len(caption.strip()) if caption else 0)
                 scan.caption_key.append(caption_key(caption, cfg.caption_min_words) if cfg.captions else None)
-                scan.source.append((batch.get("source") or [None] * rows)[j] or "")
+                scan.source.append(source or "")
             bar.update(rows)
     bar.close()
     n = len(scan.ids)

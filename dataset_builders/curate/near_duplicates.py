@@ -392,7 +392,7 @@ class NearDuplicateIndex:
         return Matches(q_all[sort], self.ids[items[sort]], d_all[sort])
 
 
-def brute_force_pairs(hashes: Sequence[Any] | np.ndarray, max_distance: int, block: int = 2048) -> Matches:
+def brute_force_pairs(hashes: Sequence[Any] | np.ndarray, max_distance: int, block: int = 256) -> Matches:
     """All pairs ``i < j`` within ``max_distance`` by comparing every pair (numpy popcount).
 
     The reference the index is tested against, and the baseline of the benchmark. Positions, not ids.
