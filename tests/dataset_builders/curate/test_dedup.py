@@ -335,3 +335,20 @@ def test_plan_is_exact_and_sensible():
         parse_hashes(["abc"])
     with pytest.raises(ValueError, match="16 hex"):
         parse_hashes(["zz" * 8])
+
+
+def test_benchmark_runs_and_reports_what_it_promises(tmp_path, capsys):
+    """benchmarks/perf/dedup.py on tiny sizes: the report's shape, exactness and recall, never a speed."""
+    from pathasst.benchmarks.perf import dedup as bench
+
+    out = tmp_path / "bench.json"
+    assert bench.main(["--sizes", "3000,6000,12000", "--brute", "2000", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["exact_at_brute_size"] is True and result["recall_planted"] is True
+    assert {(r["contender"], r["n"]) for r in result["runs"]} == {
+        ("brute-numpy", 2000), ("brute-faiss", 2000), ("index", 2000), ("index", 3000), ("index", 6000),
+        ("index", 12000)}
+    assert {"exponent", "speedup_at_largest", "brute_extrapolated_seconds"} <= set(result["ratios"])
+    for run in result["runs"]:
+        assert run["planted_found"] == run["planted"] > 0 and run["peak_rss_mib"] > 0
+    assert "scaling exponent of the index" in capsys.readouterr().out
