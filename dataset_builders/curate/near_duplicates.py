@@ -12,8 +12,12 @@ Engine: faiss (``faiss-cpu``), two of its binary indexes, chosen per call by a c
   block, so probing every key within ``nflip = r // nhash`` flipped bits of each query block finds
   every candidate; faiss then checks the full 64-bit distance. For r = 6 at 250k-1M hashes the
   cheapest layout is 3 blocks of 21 bits, 2 flips (696 probes per query).
-- ``IndexBinaryFlat``: exhaustive SIMD popcount. Cheaper than probing below ~100k hashes (and for
-  a small benchmark index queried by millions of training hashes).
+- ``IndexBinaryFlat``: exhaustive SIMD popcount. Cheaper than probing below ~20k hashes (a typical
+  benchmark index, queried by millions of training hashes).
+
+Measured (``benchmarks/perf/dedup.py``, 2 cores): all pairs within 6 bits among 1,000,000 hashes in
+98 s and 493 MiB peak RSS, 5.6x faster than faiss' brute force and 50x faster than numpy's at that
+size; time grows as N^1.6 over 250k-1M (the 21-bit blocks fill up as N grows).
 
 Why faiss: it is maintained (Meta, monthly releases, manylinux wheels for CPython 3.10+ with only
 numpy as a dependency), its binary indexes do Hamming range search in C++ with OpenMP, and it
