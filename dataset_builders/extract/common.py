@@ -162,6 +162,30 @@ def normalize_license(text: Optional[str], url: Optional[str] = None) -> Optiona
     return License(stated[:300] or url or "", url, noncommercial)
 
 
+# --- HTTP ------------------------------------------------------------------------------------
+
+
+def retry_after_seconds(value: Optional[str]) -> Optional[float]:
+    """Seconds a ``Retry-After`` header asks for (a number or an HTTP date), or None."""
+    import email.utils
+    import time
+
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
 # --- records ---------------------------------------------------------------------------------
 
 

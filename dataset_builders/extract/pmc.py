@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import email.utils
 import hashlib
 import html.entities
 import http.client
@@ -58,6 +57,7 @@ from typing import Any, ClassVar, Iterator, Optional
 from xml.parsers import expat
 
 from pathasst.dataset_builders.extract.common import (
+    retry_after_seconds,
     ExtractConfig,
     License,
     Source,
@@ -728,22 +728,6 @@ def _opener() -> urllib.request.OpenerDirector:
     return _OPENER
 
 
-def _retry_after(value: Optional[str]) -> Optional[float]:
-    """Seconds a ``Retry-After`` header asks for (a number or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _throttle(cfg: PmcConfig) -> None:
@@ -793,7 +777,7 @@ def http_get(url: str, cfg: PmcConfig, *, dest: Optional[Path] = None, max_bytes
             last = f"HTTP {status} {exc.reason}"
             if status not in _RETRY_STATUS:
                 raise FetchError(f"download failed: {last} for {url}", status=status) from None
-            asked = _retry_after(header)
+            asked = retry_after_seconds(header)
             if asked is not None:
                 wait = min(asked, cfg.max_retry_after)
         except FetchError:

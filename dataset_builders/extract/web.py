@@ -65,7 +65,6 @@ import base64
 import binascii
 import contextlib
 import dataclasses
-import email.utils
 import fcntl
 import hashlib
 import json
@@ -84,6 +83,7 @@ from urllib.parse import quote, unquote_to_bytes, urljoin, urlsplit, urlunsplit
 
 from pathasst import __version__
 from pathasst.dataset_builders.extract.common import (
+    retry_after_seconds,
     CAPTION_LABEL,
     ExtractConfig,
     License,
@@ -335,19 +335,6 @@ def _host_state(root: Optional[str]) -> HostState:
     return state
 
 
-def _retry_after(value: Optional[str]) -> Optional[float]:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class Fetcher:
@@ -427,7 +414,7 @@ class Fetcher:
                 last_reason, last_status = f"http {got.status}: {_short_url(url)}", got.status
                 if attempt >= self.cfg.retries:
                     break
-                after = _retry_after(got.headers.get("retry-after"))
+                after = retry_after_seconds(got.headers.get("retry-after"))
                 if after is not None and after > self.cfg.max_retry_after:
                     raise FetchError(f"http {got.status}: Retry-After {after:.0f} s exceeds max_retry_after "
                                      f"({self.cfg.max_retry_after:g} s): {_short_url(url)}")

@@ -230,9 +230,9 @@ def test_oa_answer_links_are_checked():
     with pytest.raises(pmc.FetchError, match="no tgz"):
         pmc.parse_oa_response(b'<OA><records><record id="PMC5"><link format="pdf" href="x"/></record></records></OA>',
                               "PMC5", pmc.DEFAULT_OA_SERVICE)
-    assert pmc._retry_after("2") == 2.0
-    assert pmc._retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: go now
-    assert pmc._retry_after("soon") is None
+    assert pmc.retry_after_seconds("2") == 2.0
+    assert pmc.retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: go now
+    assert pmc.retry_after_seconds("soon") is None
 
 
 # --- hostile input ---------------------------------------------------------------------------
