@@ -44,4 +44,7 @@ def test_wheel_holds_only_the_pathasst_namespace(tmp_path):
             rel = init.relative_to(ROOT).as_posix()
             assert (rel if folder == "pathasst" else f"pathasst/{rel}") in names, rel
     assert "pathasst/dataset_builders/samples/demo_figures.yaml" in names
+    # recipes and data files travel with the code: `pathasst train FAMILY --recipe tiny` works from a wheel
+    for data_file in [*(ROOT / "trainers" / "recipes").rglob("*.yaml"), *(ROOT / "dataset_builders").rglob("data/*.yaml")]:
+        assert f"pathasst/{data_file.relative_to(ROOT).as_posix()}" in names, data_file
     assert not any(n.startswith("pathasst/tests") for n in names)
