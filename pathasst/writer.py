@@ -219,7 +219,7 @@ class DatasetWriter:
         command: str | None = None,
         config_ignore: Iterable[str] = (),
     ):
-        from pathasst.config import config_hash, to_dict
+        from pathasst.config import config_hash
 
         self.out = Path(out_dir)
         self.spec = spec
@@ -229,7 +229,6 @@ class DatasetWriter:
         self.max_shard_records = max_shard_records
         self.config = config
         self.config_hash = config_hash(config, ignore=config_ignore) if config is not None else "none"
-        self.config_dict = to_dict(config) if config is not None else {}
         self.command = command or " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:])
         self.schema = spec.features.arrow_schema
         self._start = time.monotonic()
