@@ -81,7 +81,7 @@ def test_train_dispatches_to_the_family_registry(capsys):
 
 
 @pytest.mark.parametrize("argv, issue", [
-    (["curate", "align", "caps/", "--out", "x"], 5),
+    (["build", "pathcap", "caps/", "--out", "x"], 5),
     (["build", "instruct", "--out", "x"], 6),
 ])
 def test_subcommands_not_landed_say_which_issue_brings_them(argv, issue, capsys):
