@@ -61,7 +61,7 @@ VERBS: tuple[Verb, ...] = (
     Verb("chat", "chat with PathAsst about an image in the terminal", "trainers", issue=9,
          usage="pathasst chat --model DIR --image FILE"),
     Verb("tool", "run one pathology tool (zero-shot classify, select, detect, IHC quantify)",
-         "trainers", issue=9, usage="pathasst tool {list,run} [NAME IMAGE key=value ...]"),
+         "trainers", module="pathasst.tools.cli:add_arguments"),
     Verb("demo", "run every stage that exists on the embedded sample and write a run folder",
          "pathasst", module="pathasst.demo:add_arguments"),
 )
