@@ -22,6 +22,13 @@ class Subcommand:
     issue: int
 
 
+def invoked_command(default: str) -> str:
+    """The command line as the user typed it (for locks, configs and summaries), else ``default``."""
+    import sys
+
+    return "pathasst " + " ".join(sys.argv[1:]) if sys.argv[1:] else default
+
+
 def add_subcommands(parser: argparse.ArgumentParser, verb: str, subcommands: tuple[Subcommand, ...]) -> None:
     sub = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
     for item in subcommands:

@@ -100,6 +100,18 @@ class WriteSummary:
     def total_records(self) -> int:
         return sum(self.records.values())
 
+    def report(self) -> dict[str, Any]:
+        """The part of a stage's ``summary.json`` every stage shares."""
+        return {
+            "out": self.out_dir,
+            "records": self.records,
+            "rejected": self.rejected,
+            "reject_reasons": self.reject_reasons,
+            "inputs_done": self.units,
+            "shards": len(self.shards),
+            "seconds": self.seconds,
+        }
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)

@@ -45,35 +45,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from pathasst.benchmarks.perf.memory import reset_peak_rss, rss_mib
+
 MODULE = "pathasst.benchmarks.perf.curate_vision"
 MiB = 1 << 20
 
 
 # --- shared helpers ----------------------------------------------------------------------------
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux ``clear_refs`` 5); False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def rss_mib(field: str = "VmRSS") -> float:
-    """Current (``VmRSS``) or peak (``VmHWM``) resident memory of this process in MiB."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # fallback: a peak, not current
 
 
 def run_worker(section: str, config: dict[str, Any], shared: dict[str, Any], timeout: float = 900) -> dict[str, Any]:

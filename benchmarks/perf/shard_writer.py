@@ -19,7 +19,6 @@ See benchmarks/perf/README.md for what each column means and the results measure
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import gc
 import hashlib
@@ -29,7 +28,6 @@ import os
 import pickle
 import platform
 import random
-import resource
 import shutil
 import statistics
 import struct
@@ -41,6 +39,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+
+from pathasst.benchmarks.perf.memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
 MODULE = "pathasst.benchmarks.perf.shard_writer"
 CONTENDERS = ("writer", "datasets")
@@ -220,48 +220,6 @@ class _AnonPeak:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._sample())
-
-
-def _proc_status() -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of this process's own address space, in bytes (Linux)."""
-    out = {}
-    with contextlib.suppress(OSError):
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    key, value = line.split(":", 1)
-                    out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def peak_rss_bytes() -> int:
-    """Peak RSS of this process.
-
-    Not ``ru_maxrss`` where /proc is available: on Linux that survives ``execve`` and starts from
-    the RSS of the process that spawned us (a fresh interpreter started by a 3 GB parent reports a
-    3 GB ``ru_maxrss``). VmHWM belongs to this process's own address space.
-    """
-    status = _proc_status()
-    if "VmHWM" in status:
-        return status["VmHWM"]
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
-
-
-def current_rss_bytes() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0), so the peak measured is the write's alone."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _tree_bytes(path: Path, pattern: str = "*") -> tuple[int, int]:

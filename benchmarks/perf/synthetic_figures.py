@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import sys
@@ -55,8 +54,9 @@ def build_pool(size: int = 64, seed: int = 0):
 
 
 def _peak_rss_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+    from pathasst.benchmarks.perf.memory import rss_mib
+
+    return rss_mib("VmHWM")
 
 
 def run(figures: int, seed: int, pool_size: int, build: bool, warmup: int = 5) -> dict[str, Any]:

@@ -63,7 +63,6 @@ import math
 import os
 import re
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -927,8 +926,10 @@ def config_from_args(args: argparse.Namespace) -> SubfigConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    command = "pathasst " + " ".join(sys.argv[1:]) if sys.argv[1:] else "pathasst build subfig"
-    s = build_subfig(cfg, args.out, overwrite=args.overwrite, resume=args.resume, command=command)
+    from pathasst.subcommands import invoked_command
+
+    s = build_subfig(cfg, args.out, overwrite=args.overwrite, resume=args.resume,
+                     command=invoked_command("pathasst build subfig"))
     counts = ", ".join(f"{k} {v}" for k, v in s.records.items() if v) or "none"
     origin = ", ".join(f"{k} {v}" for k, v in sorted(s.records_by_origin.items()))
     reasons = "; ".join(f"{k}: {v}" for k, v in s.reject_reasons.items())

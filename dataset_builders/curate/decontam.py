@@ -411,8 +411,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(DecontamConfig, args.recipe, overrides)
     cfg.inputs = [str(d) for d in datasets]
     cfg.benchmarks = [str(b) for b in args.benchmarks]
-    command = (f"pathasst curate decontam {' '.join(args.inputs)} --benchmarks {' '.join(args.benchmarks)} "
-               f"--out {args.out}")
+    from pathasst.dataset_builders.curate.split import command_line
+
+    command = command_line("decontam")
     summary = decontaminate(datasets, args.benchmarks, args.out, cfg, overwrite=args.overwrite, resume=args.resume,
                             progress=not args.no_progress, command=command, show=args.show)
     for line in summary.pop("_shown"):

@@ -389,7 +389,9 @@ def run(args: argparse.Namespace) -> int:
     datasets, overrides = parse_paths_and_overrides(list(args.inputs))
     cfg = load_config(DedupConfig, args.recipe, overrides)
     cfg.inputs = [str(d) for d in datasets]
-    command = f"pathasst curate dedup {' '.join(args.inputs)} --out {args.out}"
+    from pathasst.dataset_builders.curate.split import command_line
+
+    command = command_line("dedup")
     summary = dedup_datasets(datasets, args.out, cfg, overwrite=args.overwrite, resume=args.resume,
                              progress=not args.no_progress, command=command, show=args.show)
     for line in summary.pop("_shown"):

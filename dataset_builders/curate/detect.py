@@ -683,18 +683,11 @@ def run(args: argparse.Namespace) -> int:
         parse_shard(cfg.shard)
     except ValueError as exc:
         raise ConfigError(f"curate detect: {exc}") from None
-    command = "pathasst " + " ".join(sys.argv[1:]) if sys.argv[1:] else "pathasst curate detect"
+    from pathasst.subcommands import invoked_command
+
     summary, counts = run_detect(args.dataset, args.out, cfg, overwrite=args.overwrite, resume=args.resume,
-                                 command=command)
-    report = {
-        "out": str(args.out),
-        "records": summary.records,
-        "rejected": summary.rejected,
-        "reject_reasons": summary.reject_reasons,
-        "inputs_done": summary.units,
-        **counts,
-        "seconds": summary.seconds,
-    }
+                                 command=invoked_command("pathasst curate detect"))
+    report = {**summary.report(), **counts}
     (Path(args.out) / "summary.json").write_text(json.dumps(report, indent=2))
     print(f"{counts['split']} figures split into {counts['subfigures']} subfigures, {counts['whole']} kept whole, "
           f"{counts['passed_through']} passed through, {summary.rejected} rejected -> {args.out}")

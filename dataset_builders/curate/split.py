@@ -362,7 +362,9 @@ def parse_common(args: argparse.Namespace, schema: type) -> tuple[list[str], Any
 
 
 def command_line(verb: str) -> str:
-    return "pathasst " + " ".join(sys.argv[1:]) if sys.argv[1:] else f"pathasst curate {verb}"
+    from pathasst.subcommands import invoked_command
+
+    return invoked_command(f"pathasst curate {verb}")
 
 
 def summary_line(summary: Mapping[str, Any], described: str) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 from pathlib import Path
 
 from pathasst.errors import NotLandedError
+from pathasst.subcommands import invoked_command
 
 # source name -> (module defining SOURCE, one-line help); modules import their stacks lazily
 SOURCES: dict[str, tuple[str, str]] = {
@@ -68,19 +68,9 @@ def run(args: argparse.Namespace) -> int:
     if args.shard is not None:
         overrides.append(f"shard={args.shard}")
     cfg = load_config(source.config, args.recipe, overrides)
-    command = "pathasst " + " ".join(sys.argv[1:]) if sys.argv[1:] else f"pathasst extract {args.source}"
     summary = run_extract(source, cfg, paths, str(args.out), overwrite=args.overwrite, resume=args.resume,
-                          command=command)
-    report = {
-        "out": str(args.out),
-        "records": summary.records,
-        "rejected": summary.rejected,
-        "reject_reasons": summary.reject_reasons,
-        "inputs_done": summary.units,
-        "shards": len(summary.shards),
-        "seconds": summary.seconds,
-    }
-    (args.out / "summary.json").write_text(json.dumps(report, indent=2))
+                          command=invoked_command(f"pathasst extract {args.source}"))
+    (args.out / "summary.json").write_text(json.dumps(summary.report(), indent=2))
     counts = ", ".join(f"{k} {v}" for k, v in summary.records.items() if v) or "none"
     reasons = "; ".join(f"{k}: {v}" for k, v in summary.reject_reasons.items())
     print(f"{summary.total_records} records ({counts}), {summary.rejected} rejected"
