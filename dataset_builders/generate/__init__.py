@@ -1,0 +1,1 @@
+"""PathInstruct generation through OpenAI-compatible endpoints (issue #6)."""
