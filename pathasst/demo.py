@@ -162,9 +162,9 @@ def stage_extract_pdf(ctx: DemoContext) -> dict[str, Any]:
     cfg = load_config(SOURCE.config, None, [f"license={sample['license']}", f"max_side={ctx.max_side}"])
     summary = run_extract(SOURCE, cfg, [str(ctx.out / "inputs" / "atlas.pdf")], str(ctx.out / "pathcap_pdf"),
                           command="pathasst demo (extract pdf)")
-    from datasets import load_dataset
+    from pathasst.inputs import load_dataset_fresh
 
-    rows = [r for part in load_dataset(str(ctx.out / "pathcap_pdf")).values() for r in part]
+    rows = [r for part in load_dataset_fresh(str(ctx.out / "pathcap_pdf")).values() for r in part]
     found = {r["figure_label"]: " ".join(r["caption_raw"].split()) for r in rows}  # raw keeps line breaks
     paired = sum(1 for label, caption in ctx.atlas_figures.items() if found.get(label) == caption)
     return {
@@ -188,21 +188,77 @@ def stage_subfig(ctx: DemoContext) -> dict[str, Any]:
             "folder": "subfig", "yolo_export": "subfig_yolo"}
 
 
+def _write_demo_benchmark(folder: Path, micrograph, sample: dict[str, Any]) -> None:
+    """A two-question benchmark written for the demo, as a downloaded Hub benchmark looks (Parquet
+    only): one question shows a sample crop (re-encoded, as benchmarks re-encode figures), so that
+    decontamination has a real leak to find; the other shares nothing with the sample."""
+    from datasets import Dataset, Features, Image, Value
+    from PIL import Image as PILImage
+
+    leaked = next(f for f in sample["figures"] if f["id"] == "ihc-stroma")
+    buf = io.BytesIO()
+    PILImage.open(io.BytesIO(_crop_png(micrograph, leaked["crop"]))).convert("RGB").save(buf, "JPEG", quality=70)
+    other = io.BytesIO()
+    PILImage.new("RGB", (96, 96), (236, 200, 220)).save(other, "JPEG")
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    Dataset.from_dict(
+        {"id": ["q1", "q2"], "image": [buf.getvalue(), other.getvalue()],
+         "question": ["Is DAB signal present in the cells of this region?", "What organ is shown?"],
+         "answer": ["no", "skin"]},
+        features=Features({"id": Value("string"), "image": Image(), "question": Value("string"),
+                           "answer": Value("string")}),
+    ).to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
+
+
+def stage_pathcap(ctx: DemoContext) -> dict[str, Any]:
+    """`curate refine` both sources, then `build pathcap` against a demo benchmark.
+
+    The atlas and the private collection hold the same crops, so the cross-source dedup has real
+    duplicates to remove, and the demo benchmark re-uses one crop, so decontamination has a leak.
+    """
+    from skimage.data import immunohistochemistry
+
+    from pathasst.config import load_config
+    from pathasst.dataset_builders.build.pathcap import PathCapBuildConfig, build_pathcap
+    from pathasst.dataset_builders.curate.refine import RefineConfig, refine_dataset
+
+    sources = [str(ctx.out / "pathcap"), str(ctx.out / "pathcap_pdf")]
+    refined = refine_dataset(sources, ctx.out / "curated", RefineConfig(inputs=sources), progress=False,
+                             command="pathasst demo (curate refine)")
+    bench = ctx.out / "inputs" / "demo_benchmark"
+    _write_demo_benchmark(bench, immunohistochemistry(), _load_sample())
+    cfg = load_config(PathCapBuildConfig, None, [])
+    cfg.inputs, cfg.benchmarks = [str(ctx.out / "curated")], [str(bench)]
+    summary = build_pathcap([str(ctx.out / "curated")], ctx.out / "PathCap", cfg, progress=False,
+                            command="pathasst demo (build pathcap)")
+    if not summary["accounted"]:
+        raise OutputError("build pathcap: records + ledger lines do not add up to the inputs")
+    stages = summary["stages"]
+    return {
+        "refined": refined["records_total"],
+        "filtered_out": stages["filter"]["rejected"],
+        "duplicates_removed": stages["dedup"]["rejected"],
+        "benchmark_leaks_removed": stages["decontam"]["rejected"],
+        "records": summary["records"],
+        "rejected": summary["rejected_total"],
+        "folder": "PathCap",
+    }
+
+
 def stage_verify(ctx: DemoContext) -> dict[str, Any]:
     """Load every dataset folder exactly as a user would and check it against its contract."""
-    from datasets import load_dataset
-
+    from pathasst.inputs import load_dataset_fresh
     from pathasst.records import get_spec
 
     checks = {"pathcap": ("pathcap", "extract"), "pathcap_pdf": ("pathcap", "extract-pdf"),
-              "subfig": ("pathsubfig", "subfig")}
+              "subfig": ("pathsubfig", "subfig"), "PathCap": ("pathcap", "pathcap")}
     report: dict[str, Any] = {}
     for folder, (kind, stage) in checks.items():
         written = ctx.results.get(stage)
         if written is None:
             continue
         spec = get_spec(kind)
-        ds = load_dataset(str(ctx.out / folder))
+        ds = load_dataset_fresh(str(ctx.out / folder))
         groups: dict[str, set[str]] = {}
         rows = 0
         for split, part in ds.items():
@@ -224,7 +280,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("extract", "extract private: the manifest -> a PathCap dataset folder", stage_extract_private),
     Stage("extract-pdf", "extract pdf: the atlas -> a PathCap dataset folder, pairs checked", stage_extract_pdf),
     Stage("subfig", "build subfig: synthetic compound figures from the PathCap images", stage_subfig),
-    Stage("verify", "load every folder with datasets.load_dataset and check its contract", stage_verify),
+    Stage("pathcap", "curate refine + build pathcap: cross-source dedup, decontamination, the released folder",
+          stage_pathcap),
+    Stage("verify", "load every dataset folder with datasets and check its contract", stage_verify),
 )
 
 

@@ -74,3 +74,38 @@ def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
         return True
     k, n = shard
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % n == k
+
+
+# `<split>-00000-of-00003.parquet`, the names DatasetWriter.finalize gives and the Hub uses
+_SHARD_NAME = re.compile(r"^(?P<split>[\w.]+?)-\d{5}-of-\d{5}\.parquet$")
+
+
+def local_parquet_files(folder: str | Path) -> dict[str, list[str]] | None:
+    """``{split: [shard paths]}`` of a local dataset folder written in the Hub layout, else None."""
+    files = sorted(Path(folder).glob("data/*.parquet"))
+    by_split: dict[str, list[str]] = {}
+    for path in files:
+        match = _SHARD_NAME.match(path.name)
+        if match is None:
+            return None  # not our layout: let datasets resolve it
+        by_split.setdefault(match["split"], []).append(str(path))
+    return by_split or None
+
+
+def load_dataset_fresh(value: str, **kwargs):
+    """``datasets.load_dataset(value, **kwargs)`` that never returns a stale copy of a local folder.
+
+    ``load_dataset(folder)`` on a folder with a dataset card caches its Arrow copy under a hash of
+    the card's ``dataset_info`` and ``configs`` only: rebuild the folder with different records of
+    the same sizes (a rerun with ``--overwrite``, a fixed caption of the same length) and it returns
+    the old records (measured with datasets 5.2). The packaged ``parquet`` loader given the shard
+    files hashes their modification times as well, so local folders in the Hub layout are loaded
+    that way; Hub ids and other layouts go to ``load_dataset`` unchanged (a Hub revision pins them).
+    """
+    from datasets import load_dataset
+
+    path = Path(value).expanduser()
+    files = local_parquet_files(path) if path.is_dir() else None
+    if files is None:
+        return load_dataset(value, **kwargs)
+    return load_dataset("parquet", data_files=files, **kwargs)

@@ -11,7 +11,7 @@ def test_demo_writes_run_folder_with_dataset_ledger_and_summary(tmp_path, capsys
     out = tmp_path / "run"
     assert main(["demo", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "[1/5] sample" in printed and f"Run folder: {out}" in printed
+    assert f"[1/{len(STAGES)}] sample" in printed and f"Run folder: {out}" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert [s["name"] for s in summary["stages"]] == [s.name for s in STAGES]
     extract = next(s for s in summary["stages"] if s["name"] == "extract")
@@ -40,8 +40,14 @@ def test_demo_writes_run_folder_with_dataset_ledger_and_summary(tmp_path, capsys
     subfig = next(s for s in summary["stages"] if s["name"] == "subfig")
     assert sum(subfig["figures"].values()) == 24 and subfig["boxes"]["subfigure"] >= 24
     assert (out / "subfig_yolo" / "data.yaml").exists()
+    # the atlas repeats six of the collection's crops: cross-source dedup finds them; the demo
+    # benchmark re-uses the stroma crop: decontamination removes it
+    pathcap = next(s for s in summary["stages"] if s["name"] == "pathcap")
+    assert pathcap["refined"] == 14 and pathcap["duplicates_removed"] == 6 and pathcap["benchmark_leaks_removed"] == 1
+    assert sum(pathcap["records"].values()) == 7 and pathcap["rejected"] == 7
+    assert "contaminat" in (out / "PathCap" / "contamination_report.md").read_text()
     verify = next(s for s in summary["stages"] if s["name"] == "verify")
-    assert set(verify) >= {"pathcap", "pathcap_pdf", "subfig"}
+    assert set(verify) >= {"pathcap", "pathcap_pdf", "subfig", "PathCap"}
 
 
 def test_demo_refuses_to_overwrite_a_run_unless_asked(tmp_path, capsys):

@@ -41,3 +41,23 @@ def test_train_args_reject_a_missing_data_path_before_work(tmp_path):
 
     with pytest.raises(ConfigError, match="data=.*missing-folder: no such file or folder"):
         load_config(TrainArgs, None, [f"data={tmp_path / 'missing-folder'}"])
+
+
+def test_load_dataset_fresh_sees_a_folder_rebuilt_with_records_of_the_same_size(tmp_path):
+    # load_dataset(folder) keys its cache on the card only; a rebuilt folder must not read stale
+    from pathasst.inputs import load_dataset_fresh
+    from pathasst.records import get_spec
+    from pathasst.testing.images import tissue_tile
+    from pathasst.writer import DatasetWriter
+
+    def build(tag: str) -> None:
+        with DatasetWriter(tmp_path / "cap", get_spec("pathcap"), overwrite=True) as writer:
+            writer.add({"id": f"rec-{tag}", "image": tissue_tile(32, seed=1), "caption": f"caption {tag}",
+                        "caption_raw": f"caption {tag}", "source": "private", "source_id": "lab/1",
+                        "figure_id": f"rec-{tag}", "license": "CC0", "width": 32, "height": 32})
+            writer.finalize()
+
+    build("a")
+    assert load_dataset_fresh(str(tmp_path / "cap"))["train"]["id"] == ["rec-a"]
+    build("b")
+    assert load_dataset_fresh(str(tmp_path / "cap"))["train"]["id"] == ["rec-b"]

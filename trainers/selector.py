@@ -533,10 +533,12 @@ def scan_image_folder(root: Path, labels: Optional[Sequence[str]] = None) -> Lab
 @functools.lru_cache(maxsize=4)
 def _load_dataset_dict(value: str):
     """``datasets.load_dataset(value)`` as a DatasetDict (memory-mapped; cached for the splits)."""
-    from datasets import DatasetDict, load_dataset
+    from datasets import DatasetDict
+
+    from pathasst.inputs import load_dataset_fresh
 
     try:
-        ds = load_dataset(value)
+        ds = load_dataset_fresh(value)
     except FileNotFoundError as exc:
         raise InputError(f"{value}: cannot load it as a dataset: {exc}") from None
     if not isinstance(ds, DatasetDict):
