@@ -42,7 +42,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from pathasst.errors import ConfigError, PathasstError
 
@@ -122,7 +122,7 @@ class EndpointConfig:
     max_tokens: int = 1024
     api_version: str = ""
     extra_headers: dict[str, str] = dataclasses.field(default_factory=dict)
-    seed: int | None = None
+    seed: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

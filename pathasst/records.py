@@ -114,9 +114,20 @@ def _features():
             "origin": Value("string"),
         }
     )
+    # Chat messages as transformers' apply_chat_template(tools=...) reads them: an assistant turn
+    # may carry `tool_calls` (OpenAI shape; `arguments` stored as a JSON string because argument
+    # objects differ in shape per tool: json.loads it before rendering), a tool turn carries the
+    # called tool's `name` and the `tool_call_id` it answers. Both are null on other turns.
     message = {
         "role": Value("string"),
         "content": List({"type": Value("string"), "text": Value("string")}),
+        "tool_calls": List({
+            "id": Value("string"),
+            "type": Value("string"),
+            "function": {"name": Value("string"), "arguments": Value("string")},
+        }),
+        "name": Value("string"),
+        "tool_call_id": Value("string"),
     }
     pathinstruct = Features(
         {
@@ -187,7 +198,8 @@ def specs() -> dict[str, DatasetSpec]:
                 name="pathinstruct",
                 features=pathinstruct,
                 key="id",
-                nullable=frozenset({"image", "figure_id", "messages.content.text"}),
+                nullable=frozenset({"image", "figure_id", "messages.content.text", "messages.tool_calls",
+                                    "messages.name", "messages.tool_call_id"}),
                 choices={
                     "task_type": TASK_TYPES,
                     "messages.role": ROLES,
