@@ -21,8 +21,6 @@ _TEXT_ROLES = ("text", "question", "answer", "options")
 def leakage_report(task, data, train_refs: list[str], *, max_distance: int = MAX_DISTANCE, ngram: int = NGRAM,
                    examples: int = 5) -> dict[str, Any]:
     """Per-task leakage counts of ``data`` against the training datasets ``train_refs``."""
-    import numpy as np
-
     from pathasst.dataset_builders.curate.decontam import NgramTable, _TextEntry
     from pathasst.dataset_builders.curate.dedup import compute_phash, iter_batches, normalized_words, open_pathcap
     from pathasst.dataset_builders.curate.near_duplicates import NearDuplicateIndex
@@ -66,11 +64,12 @@ def leakage_report(task, data, train_refs: list[str], *, max_distance: int = MAX
                     text = (batch.get(field) or [None] * len(batch["id"]))[k]
                     if not text:
                         continue
-                    for hits in table.matches(normalized_words(text), per_benchmark=32).values():
+                    words = normalized_words(text)
+                    for hits in table.matches(words, per_benchmark=32).values():
                         for start, entry in hits:
                             by_text.setdefault(entry.record_id, {"eval_id": entry.record_id, "train_id": f"{ref}:{rid}",
-                                                                 "column": entry.column,
-                                                                 "ngram": " ".join(entry.words[:0] or normalized_words(text)[start:start + ngram])})
+                                                                 "column": entry.column, "train_field": field,
+                                                                 "ngram": " ".join(words[start:start + ngram])})
         if hashes:
             index.add(ids, hashes)
     valid = [(i, h) for i, h in enumerate(eval_hashes) if h]
@@ -95,7 +94,6 @@ def leakage_report(task, data, train_refs: list[str], *, max_distance: int = MAX
                      "text": list(by_text.values())[:examples]},
         "leaked_ids": sorted(leaked),
     }
-    del np
     return report
 
 
