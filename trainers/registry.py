@@ -85,8 +85,10 @@ for _spec in (
     # (--recipe + key=value, resolved config beside the output, same exit codes).
     FamilySpec("subfig", "YOLO subfigure and panel-label detector (ultralytics, its own loop)", issue=4,
                entry="pathasst.trainers.subfig:main"),
-    FamilySpec("splitter", "LLM caption splitter/refiner fine-tuned with PEFT LoRA", issue=5),
-    FamilySpec("pathclip", "PathCLIP contrastive image-text models (open_clip)", issue=7),
+    FamilySpec("splitter", "LLM caption splitter/refiner fine-tuned with PEFT LoRA", issue=5,
+               entry="pathasst.trainers.splitter:main"),
+    FamilySpec("pathclip", "PathCLIP contrastive image-text models (open_clip)", issue=7,
+               entry="pathasst.trainers.pathclip:main"),
     FamilySpec("pathasst", "PathAsst LLaVA-style assistant: projector and instruction stages", issue=9),
 ):
     register(_spec)

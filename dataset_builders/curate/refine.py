@@ -15,34 +15,50 @@ boilerplate), go to ``rejects.jsonl`` with the reason: inputs = records written 
 Resumable by record id, like every stage; records keep their split; ``summary.json`` and a
 one-line summary report what was done.
 
-The LLM refiner (issue 5, part 2) plugs in beside these rules; the rules stay the default and its
-fallback.
+``--model DIR_OR_ENDPOINT`` refines the caption with an LLM instead (the same model folders and
+endpoints as ``curate split --model``, prompt ``data/prompts/refine.yaml``). Its answer must be
+valid JSON of the template's schema and add no word to the caption (the rules' normalisations
+``H&E``, ``PAS`` and ``×`` excepted); otherwise the rules' refinement is used and the reason is
+recorded in ``meta.refine.llm`` and counted in ``summary.json``. The parts of a figure's
+``meta.split`` are refined by the rules either way (they are pieces of the caption, not
+captions).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
+
+from pathasst.dataset_builders.curate.llm import LLMSettings
 
 from pathasst.dataset_builders.curate.split import (
     Outcome,
     add_common_arguments,
+    add_llm_summary,
+    add_model_argument,
     command_line,
     dump_meta,
     is_subfigure,
+    llm_line,
     load_meta,
+    make_captioner,
     parse_common,
     run_record_stage,
     summary_line,
 )
 
+if TYPE_CHECKING:
+    from pathasst.dataset_builders.curate.llm import LLMCaptioner
+
 
 @dataclasses.dataclass
-class RefineConfig:
-    """Settings of ``curate refine``.
+class RefineConfig(LLMSettings):
+    """Settings of ``curate refine``; the LLM keys are those of
+    :class:`~pathasst.dataset_builders.curate.llm.LLMSettings` (without ``model``: rules only).
 
     Attributes:
         shard: ``K/N``: process only the records whose id hashes to the K-th of N parts.
@@ -58,16 +74,27 @@ class RefineConfig:
         from pathasst.inputs import parse_shard
 
         parse_shard(self.shard)
+        self.check()
 
 
-def refine_record(record: Mapping[str, Any], cfg: RefineConfig) -> Outcome:
-    """Refine one PathCap record's caption (see the module docstring)."""
+def refine_record(record: Mapping[str, Any], cfg: RefineConfig, captioner: Optional["LLMCaptioner"] = None) -> Outcome:
+    """Refine one PathCap record's caption (see the module docstring); with the LLM when a
+    ``captioner`` is given."""
     from pathasst.dataset_builders.curate.captions import RULES_VERSION, refine_caption
 
     caption = record.get("caption") or ""
     if not caption.strip():
         return Outcome("rejected", reason="empty caption: nothing to refine")
-    refined = refine_caption(caption)
+    llm: Optional[dict[str, Any]] = None
+    if captioner is None:
+        refined = refine_caption(caption)
+    else:
+        answer = captioner.refine(caption)
+        llm = answer.info
+        if answer.value is None:  # fallback=none
+            return Outcome("rejected", reason=f"LLM answer unusable: {llm.get('reason')}",
+                           info={"detail": llm.get("detail", ""), "model": llm.get("model")})
+        refined = answer.value
     if not refined:
         return Outcome("rejected", reason="empty after refining: nothing descriptive left",
                        info={"caption": caption[:300]})
@@ -81,6 +108,8 @@ def refine_record(record: Mapping[str, Any], cfg: RefineConfig) -> Outcome:
                 split[key] = refine_caption(split[key])
     changed = refined != caption
     meta["refine"] = {"rules": RULES_VERSION, "changed": changed}
+    if llm is not None:
+        meta["refine"].update(source="llm" if llm.get("status") == "llm" else "rules", llm=llm)
     return Outcome("changed" if changed else "unchanged",
                    record={**record, "caption": refined, "meta": dump_meta(meta)})
 
@@ -109,6 +138,7 @@ def refine_dataset(datasets: list[str], out: str | Path, cfg: Optional[RefineCon
     from pathasst.dataset_builders.curate.captions import RULES_VERSION
 
     cfg = dataclasses.replace(cfg or RefineConfig(), inputs=[str(d) for d in datasets], rules_version=RULES_VERSION)
+    captioner = make_captioner(cfg)
     card = (
         "# PathCap (captions refined)\n\n"
         "Pathology image-caption pairs whose captions were refined by the rules of `pathasst curate refine` "
@@ -117,7 +147,14 @@ def refine_dataset(datasets: list[str], out: str | Path, cfg: Optional[RefineCon
         "is kept in `caption_raw`. Inputs that could not be used are listed in `rejects.jsonl`.\n\n"
         "```python\nfrom datasets import load_dataset\nds = load_dataset(\"path/to/this/folder\")\n```\n"
     )
-    return run_record_stage("refine", cfg.inputs, out, cfg, refine_record, card=card, **kwargs)
+    if captioner is not None:
+        card = card.replace("refined by the rules of `pathasst curate refine`",
+                            f"refined by an LLM (`pathasst curate refine --model`, prompt {captioner.prompt_tag('refine')}; "
+                            "the rules where its answer failed validation, see `meta.refine.source`) and the rules of "
+                            "`pathasst curate refine`")
+    transform = refine_record if captioner is None else functools.partial(refine_record, captioner=captioner)
+    summary = run_record_stage("refine", cfg.inputs, out, cfg, transform, card=card, **kwargs)
+    return add_llm_summary(summary, captioner)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,15 +164,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "kept. Empty captions, and captions with nothing descriptive left, go to rejects.jsonl; rerunning resumes."
     )
     add_common_arguments(parser)
+    add_model_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "model", None):
+        args.inputs = [*args.inputs, f"model={args.model}"]
     datasets, cfg = parse_common(args, RefineConfig)
     summary = refine_dataset(datasets, args.out, cfg, overwrite=args.overwrite, resume=args.resume,
                              progress=not args.no_progress, command=command_line("refine"))
     c = summary["this_run"]
-    print(summary_line(summary, f"{c.get('changed', 0)} captions changed, {c.get('unchanged', 0)} unchanged"))
+    print(summary_line(summary, f"{c.get('changed', 0)} captions changed, {c.get('unchanged', 0)} unchanged")
+          + llm_line(summary))
     return 0
 
 

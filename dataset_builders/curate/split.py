@@ -20,6 +20,14 @@ of :func:`pathasst.dataset_builders.curate.captions.split_caption`:
 ``distribute=true`` copies the shared prefix and suffix ("Renal biopsy.", "Scale bars, 50 µm.")
 into every sub-caption, so that each reads as a full caption of its panel.
 
+``--model DIR_OR_ENDPOINT`` splits with an LLM instead: a model folder from ``pathasst train
+splitter`` (or any chat model folder), or an OpenAI-compatible endpoint ``http(s)://.../v1`` with
+``endpoint_model=NAME``. Every answer is validated (JSON Schema, faithfulness, repetition, time;
+see :mod:`pathasst.dataset_builders.curate.llm`); when it fails, the rules' split is used
+(``fallback=rules``, the default) and the reason is recorded in ``meta.split.llm`` and counted
+per reason in ``summary.json`` (``llm.fallbacks``); with ``fallback=none`` the record goes to the
+ledger instead. ``meta.split.source`` says which answer a record carries (``llm`` or ``rules``).
+
 Every input is accounted for: records with an empty caption (or no id, or an id seen before) go
 to ``rejects.jsonl`` with the reason, so inputs = records written + ledger lines. The unit of
 resumption is the record id: rerunning the same command continues a killed run. Records keep
@@ -34,12 +42,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
+
+from pathasst.dataset_builders.curate.llm import LLMSettings  # standard library only at import
+
+if TYPE_CHECKING:
+    from pathasst.dataset_builders.curate.llm import LLMCaptioner
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +61,12 @@ SUBFIGURE_MATCHES = ("label", "no_label", "no_markers", "label_not_found", "empt
 
 
 @dataclasses.dataclass
-class SplitConfig:
+class SplitConfig(LLMSettings):
     """Settings of ``curate split`` (``key=value`` on the command line or a ``--recipe`` YAML).
+
+    The LLM keys (``model``, ``endpoint_model``, ``max_new_tokens``, ``timeout_s``,
+    ``max_prompt_chars``, ``long_caption``, ``fallback``, ``on_endpoint_down``...) are those of
+    :class:`~pathasst.dataset_builders.curate.llm.LLMSettings`; without ``model`` the rules split.
 
     Attributes:
         distribute: copy the shared prefix and suffix into every sub-caption.
@@ -67,6 +85,7 @@ class SplitConfig:
         from pathasst.inputs import parse_shard
 
         parse_shard(self.shard)
+        self.check()
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,8 +124,9 @@ class Outcome:
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def split_record(record: Mapping[str, Any], cfg: SplitConfig) -> Outcome:
-    """Split one PathCap record's caption (see the module docstring)."""
+def split_record(record: Mapping[str, Any], cfg: SplitConfig, captioner: Optional["LLMCaptioner"] = None) -> Outcome:
+    """Split one PathCap record's caption (see the module docstring); with the LLM when a
+    ``captioner`` is given."""
     from pathasst.dataset_builders.curate.captions import RULES_VERSION, split_caption
 
     caption = record.get("caption") or ""
@@ -116,13 +136,22 @@ def split_record(record: Mapping[str, Any], cfg: SplitConfig) -> Outcome:
     subfigure = is_subfigure(record, meta)
     if subfigure and isinstance(meta.get("split"), dict):
         return Outcome("already_split", record=dict(record))
-    result = split_caption(caption, distribute=cfg.distribute)
+    provenance: dict[str, Any] = {"rules": RULES_VERSION}  # + source and llm on the LLM path
+    if captioner is None:
+        result = split_caption(caption, distribute=cfg.distribute)
+    else:
+        answer = captioner.split(caption, distribute=cfg.distribute)
+        provenance.update(source="llm" if answer.used_llm else "rules", llm=answer.info)
+        if answer.value is None:  # fallback=none
+            return Outcome("rejected", reason=f"LLM answer unusable: {answer.info.get('reason')}",
+                           info={"detail": answer.info.get("detail", ""), "model": answer.info.get("model")})
+        result = answer.value
     if not result.panels:
         return Outcome("rejected", reason="empty caption: nothing but a figure number",
                        info={"caption": caption[:200]})
     labels = [p.label for p in result.panels]
     if not subfigure:
-        meta["split"] = {**result.to_dict(), "distributed": cfg.distribute, "rules": RULES_VERSION}
+        meta["split"] = {**result.to_dict(), "distributed": cfg.distribute, **provenance}
         kind = "figures_split" if result.markers_found else "figures_without_markers"
         return Outcome(kind, record={**record, "meta": dump_meta(meta)})
 
@@ -147,7 +176,7 @@ def split_record(record: Mapping[str, Any], cfg: SplitConfig) -> Outcome:
         "shared_prefix": result.shared_prefix,
         "shared_suffix": result.shared_suffix,
         "distributed": cfg.distribute,
-        "rules": RULES_VERSION,
+        **provenance,
     }
     out = {**record, "meta": dump_meta(meta)}
     if panel is not None:
@@ -377,13 +406,53 @@ def summary_line(summary: Mapping[str, Any], described: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Split compound captions into per-panel sub-captions with the rule-based splitter. Figure records gain "
-        "meta.split (shared prefix/suffix and [{label, subcaption}]); subfigure records from `curate detect` get "
-        "their panel's sub-caption as caption (caption_raw kept). distribute=true copies the shared parts into "
-        "every sub-caption. Empty captions go to rejects.jsonl; rerunning resumes."
+        "Split compound captions into per-panel sub-captions with the rule-based splitter, or with an LLM "
+        "(--model). Figure records gain meta.split (shared prefix/suffix and [{label, subcaption}]); subfigure "
+        "records from `curate detect` get their panel's sub-caption as caption (caption_raw kept). "
+        "distribute=true copies the shared parts into every sub-caption. LLM answers are validated; on failure "
+        "the rules' split is used and the reason counted. Empty captions go to rejects.jsonl; rerunning resumes."
     )
     add_common_arguments(parser)
+    add_model_argument(parser)
     parser.set_defaults(func=run)
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", metavar="DIR_OR_URL",
+        help="use an LLM: a model folder (`pathasst train splitter` output_dir/model) or an OpenAI-compatible "
+             "endpoint http(s)://HOST/v1 (with endpoint_model=NAME; API key from OPENAI_API_KEY). Settings: "
+             "fallback=rules|none, on_endpoint_down=fallback|error, max_new_tokens, timeout_s, max_prompt_chars, "
+             "long_caption=fallback|truncate")
+
+
+def make_captioner(cfg: LLMSettings) -> Optional["LLMCaptioner"]:
+    """The LLM captioner ``cfg.model`` asks for (None: rules only); an endpoint is probed first."""
+    if not cfg.model:
+        return None
+    from pathasst.dataset_builders.curate.llm import LLMCaptioner
+
+    captioner = LLMCaptioner(cfg)
+    captioner.check_available()
+    return captioner
+
+
+def add_llm_summary(summary: dict[str, Any], captioner: Optional["LLMCaptioner"]) -> dict[str, Any]:
+    """Add the LLM's calls and fallbacks (per reason) to a stage summary and rewrite summary.json."""
+    if captioner is None:
+        return summary
+    summary["llm"] = captioner.summary()
+    (Path(summary["out"]) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def llm_line(summary: Mapping[str, Any]) -> str:
+    llm = summary.get("llm")
+    if not llm:
+        return ""
+    reasons = ", ".join(f"{k} {v}" for k, v in llm["fallbacks"].items())
+    return (f"; LLM {llm['model']}: {llm['calls']} calls, {llm['accepted']} answers used, "
+            f"{llm['fallbacks_total']} fell back" + (f" ({reasons})" if reasons else ""))
 
 
 def split_dataset(datasets: list[str], out: str | Path, cfg: Optional[SplitConfig] = None,
@@ -392,6 +461,7 @@ def split_dataset(datasets: list[str], out: str | Path, cfg: Optional[SplitConfi
     from pathasst.dataset_builders.curate.captions import RULES_VERSION
 
     cfg = dataclasses.replace(cfg or SplitConfig(), inputs=[str(d) for d in datasets], rules_version=RULES_VERSION)
+    captioner = make_captioner(cfg)
     card = (
         "# PathCap (captions split)\n\n"
         "Pathology image-caption pairs whose compound captions were split into per-panel sub-captions by the "
@@ -400,10 +470,18 @@ def split_dataset(datasets: list[str], out: str | Path, cfg: Optional[SplitConfi
         "the caption as found in `caption_raw`. Inputs that could not be used are listed in `rejects.jsonl`.\n\n"
         "```python\nfrom datasets import load_dataset\nds = load_dataset(\"path/to/this/folder\")\n```\n"
     )
-    return run_record_stage("split", cfg.inputs, out, cfg, split_record, card=card, **kwargs)
+    if captioner is not None:
+        card = card.replace("rule-based splitter of `pathasst curate split`",
+                            f"LLM splitter of `pathasst curate split --model` (prompt {captioner.prompt_tag('split')}; "
+                            "the rules where its answer failed validation, see `meta.split.source`)")
+    transform = split_record if captioner is None else functools.partial(split_record, captioner=captioner)
+    summary = run_record_stage("split", cfg.inputs, out, cfg, transform, card=card, **kwargs)
+    return add_llm_summary(summary, captioner)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "model", None):
+        args.inputs = [*args.inputs, f"model={args.model}"]
     datasets, cfg = parse_common(args, SplitConfig)
     summary = split_dataset(datasets, args.out, cfg, overwrite=args.overwrite, resume=args.resume,
                             progress=not args.no_progress, command=command_line("split"))
@@ -414,7 +492,7 @@ def run(args: argparse.Namespace) -> int:
                  f"panel's sub-caption")
     if c.get("already_split"):
         described += f", {c['already_split']} already split"
-    print(summary_line(summary, described))
+    print(summary_line(summary, described) + llm_line(summary))
     return 0
 
 
