@@ -159,28 +159,19 @@ def closed_strict(prediction: str, answer: str) -> float:
 # --- VQA open ---------------------------------------------------------------------------------
 
 
-def token_recall(prediction: str, answer: str) -> float:
-    """LLaVA-Med's open-ended recall: share of the reference's words found among the prediction's
-    words (each reference word counted once per occurrence, with multiplicity)."""
-    ref = tokens(answer)
+def _recall_tokens(pred: list[str], ref: list[str]) -> float:
     if not ref:
         return 0.0
-    pred = Counter(tokens(prediction))
+    left = Counter(pred)
     hit = 0
     for w in ref:
-        if pred[w] > 0:
+        if left[w] > 0:
             hit += 1
-            pred[w] -= 1
+            left[w] -= 1
     return hit / len(ref)
 
 
-def exact_match(prediction: str, answer: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(answer))
-
-
-def token_f1(prediction: str, answer: str) -> float:
-    """SQuAD-style token F1 on normalised words (0 when either side is empty, 1 when both are)."""
-    pred, ref = tokens(prediction), tokens(answer)
+def _f1_tokens(pred: list[str], ref: list[str]) -> float:
     if not pred or not ref:
         return float(pred == ref)
     common = sum((Counter(pred) & Counter(ref)).values())
@@ -190,21 +181,39 @@ def token_f1(prediction: str, answer: str) -> float:
     return 2 * p * r / (p + r)
 
 
-_BLEU_WEIGHTS = {1: (1, 0, 0, 0), 2: (0, 1, 0, 0), 3: (0, 0, 1, 0)}
-
-
-def bleu_n(prediction: str, answer: str, n: int) -> float:
-    """Sentence BLEU with only the n-gram order's weight (LLaVA-Med's BLEU-1/2/3), nltk, no smoothing."""
+def _bleu_tokens(pred: list[str], ref: list[str], n: int) -> float:
     import warnings
 
     from nltk.translate.bleu_score import sentence_bleu
 
-    pred, ref = tokens(prediction), tokens(answer)
     if not pred or not ref:
         return 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nltk warns for every zero n-gram count
         return float(sentence_bleu([ref], pred, weights=_BLEU_WEIGHTS[n]))
+
+
+def token_recall(prediction: str, answer: str) -> float:
+    """LLaVA-Med's open-ended recall: share of the reference's words found among the prediction's
+    words (each reference word counted once per occurrence, with multiplicity)."""
+    return _recall_tokens(tokens(prediction), tokens(answer))
+
+
+def exact_match(prediction: str, answer: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(answer))
+
+
+def token_f1(prediction: str, answer: str) -> float:
+    """SQuAD-style token F1 on normalised words (0 when either side is empty, 1 when both are)."""
+    return _f1_tokens(tokens(prediction), tokens(answer))
+
+
+_BLEU_WEIGHTS = {1: (1, 0, 0, 0), 2: (0, 1, 0, 0), 3: (0, 0, 1, 0)}
+
+
+def bleu_n(prediction: str, answer: str, n: int) -> float:
+    """Sentence BLEU with only the n-gram order's weight (LLaVA-Med's BLEU-1/2/3), nltk, no smoothing."""
+    return _bleu_tokens(tokens(prediction), tokens(answer), n)
 
 
 OPEN_METRICS: dict[str, Callable[[str, str], float]] = {
@@ -219,17 +228,52 @@ CLOSED_METRICS: dict[str, Callable[[str, str], float]] = {
     "closed_accuracy_keyword": closed_keyword,
     "closed_accuracy_strict": closed_strict,
 }
+# the same metrics on pre-normalised inputs: (pred words, ref words, pred lower-cased raw, ref normalised)
+_ON_TOKENS: dict[str, Callable[[list[str], list[str], str, str], float]] = {
+    "open_token_recall": lambda p, r, raw, ref: _recall_tokens(p, r),
+    "exact_match": lambda p, r, raw, ref: float(p == r),
+    "token_f1": lambda p, r, raw, ref: _f1_tokens(p, r),
+    "bleu_1": lambda p, r, raw, ref: _bleu_tokens(p, r, 1),
+    "bleu_2": lambda p, r, raw, ref: _bleu_tokens(p, r, 2),
+    "bleu_3": lambda p, r, raw, ref: _bleu_tokens(p, r, 3),
+    "closed_accuracy_keyword": lambda p, r, raw, ref: float(ref in raw),
+    "closed_accuracy_strict": lambda p, r, raw, ref: _strict_tokens(p, ref),
+}
+
+
+def _strict_tokens(words: list[str], ref: str) -> float:
+    if ref not in _YES_NO:
+        return float(" ".join(words) == ref)
+    other = "no" if ref == "yes" else "yes"
+    return float(bool(words) and words[0] == ref and other not in words)
 
 
 def score_vqa(predictions: Sequence[str], answers: Sequence[str], metrics: Sequence[str]) -> dict[str, np.ndarray]:
-    """Per-item scores of each named VQA metric (closed or open), as float arrays."""
-    fns = {**OPEN_METRICS, **CLOSED_METRICS}
-    unknown = [m for m in metrics if m not in fns]
+    """Per-item scores of each named VQA metric (closed or open), as float arrays.
+
+    Batched: each prediction and answer is normalised and split once for all metrics (calling the
+    per-item functions metric by metric normalises them once per metric); the values are identical.
+    """
+    unknown = [m for m in metrics if m not in _ON_TOKENS]
     if unknown:
-        raise ValueError(f"unknown VQA metric(s) {unknown}; known: {sorted(fns)}")
+        raise ValueError(f"unknown VQA metric(s) {unknown}; known: {sorted(_ON_TOKENS)}")
     if len(predictions) != len(answers):
         raise ValueError(f"{len(predictions)} predictions for {len(answers)} answers")
-    return {m: np.fromiter((fns[m](p, a) for p, a in zip(predictions, answers)), float, len(answers)) for m in metrics}
+    out = {m: np.empty(len(answers)) for m in metrics}
+    fns = [(m, _ON_TOKENS[m]) for m in metrics]
+    for i, (p, a) in enumerate(zip(predictions, answers)):
+        ref = normalize_answer(a)
+        pw, rw, raw = normalize_answer(p).split(), ref.split(), (p or "").lower()
+        for m, fn in fns:
+            out[m][i] = fn(pw, rw, raw, ref)
+    return out
+
+
+def score_vqa_one_by_one(predictions: Sequence[str], answers: Sequence[str], metrics: Sequence[str]) -> dict[str, np.ndarray]:
+    """The same scores through the per-item public functions (the reference :func:`score_vqa` is
+    tested and benchmarked against)."""
+    fns = {**OPEN_METRICS, **CLOSED_METRICS}
+    return {m: np.array([fns[m](p, a) for p, a in zip(predictions, answers)], dtype=float) for m in metrics}
 
 
 # --- multiple choice --------------------------------------------------------------------------

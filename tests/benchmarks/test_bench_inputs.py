@@ -181,3 +181,14 @@ def test_leakage_against_training_data(tmp_path, open_clip_dir, capsys):
     assert leak["by_text"] == 1 and leak["examples"]["text"][0]["eval_id"] == "0"
     assert leak["by_image"] >= 1 and any(e["eval_id"] == "2" and e["distance"] == 0 for e in leak["examples"]["image"])
     assert "near-duplicates of training records" in capsys.readouterr().out
+
+
+def test_batched_vqa_scoring_equals_one_by_one():
+    rng = np.random.default_rng(1)
+    vocab = ["yes", "no", "tumor", "benign", "not", "the", "is", "Yes.", "No,", "malignant", "cells", ""]
+    preds = [" ".join(rng.choice(vocab, int(rng.integers(0, 6)))) for _ in range(200)]
+    answers = [" ".join(rng.choice(vocab[:10], int(rng.integers(1, 4)))) for _ in range(200)]
+    metrics = list(M.OPEN_METRICS) + list(M.CLOSED_METRICS)
+    batched, single = M.score_vqa(preds, answers, metrics), M.score_vqa_one_by_one(preds, answers, metrics)
+    for m in metrics:
+        assert np.allclose(batched[m], single[m]), m
