@@ -250,6 +250,10 @@ class ResponseCache:
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: every commit is atomic and survives a killed process; only a power loss
+            # may drop the last answers (they are paid again then). FULL would fsync each answer,
+            # which measured 5.8 ms per request on the event loop, a third of the run at 160 req/s.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS responses (model TEXT NOT NULL, template TEXT NOT NULL, "
                 "prompt_hash TEXT NOT NULL, response TEXT NOT NULL, created REAL NOT NULL, "
@@ -286,6 +290,20 @@ class ResponseCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+# The request goes through the client's public `post` (retries, Retry-After, auth, Azure routing
+# all apply) rather than `chat.completions.create`: our request is already the wire JSON, and
+# create()'s per-request TypedDict transform of it measured ~3 ms of CPU per request, 15% of the
+# generator's time at 32 requests in flight on 2 cores. The raw-response header makes `post`
+# return the raw response, whose `retries_taken` feeds the retry count.
+_RAW = {"headers": {"X-Stainless-Raw-Response": "true"}}
+
+
+def _completion_type():
+    from openai.types.chat import ChatCompletion
+
+    return ChatCompletion
 
 
 class ChatEndpoint:
@@ -431,7 +449,7 @@ class ChatEndpoint:
         self._reserve()
         completion = None
         try:
-            raw = self.client.chat.completions.with_raw_response.create(**request)
+            raw = self.client.post("/chat/completions", cast_to=_completion_type(), body=request, options=_RAW)
             completion = self._parse(raw, raw.parse())
         except Exception as exc:
             self._account(None)
@@ -452,7 +470,8 @@ class ChatEndpoint:
         async with self._semaphore():
             self._reserve()
             try:
-                raw = await self.aclient.chat.completions.with_raw_response.create(**request)
+                raw = await self.aclient.post("/chat/completions", cast_to=_completion_type(), body=request,
+                                              options=_RAW)
                 completion = self._parse(raw, raw.parse())
             except Exception as exc:
                 self._account(None)

@@ -76,17 +76,18 @@ class Claim:
         return f"{self.kind} '{self.text}'"
 
 
+@functools.lru_cache(maxsize=4096)
 def _normalise(text: str) -> str:
     from pathasst.dataset_builders.curate.captions import refine_caption
 
     # refine_caption normalises stains and magnifications (and drops citations and figure numbers,
-    # which carry no claim); casefold + single spaces make matching robust to case and layout
+    # which carry no claim); casefold + single spaces make matching robust to case and layout.
+    # Cached: the caption of a record is the support of each of its samples.
     return " ".join(refine_caption(text).replace("μ", "µ").casefold().split())
 
 
 def _term_pattern(spelling: str) -> str:
-    escaped = re.escape(spelling.casefold()).replace(r"\ ", r"[\s-]+")
-    return rf"(?<![\w&]){escaped}(?![\w&])"
+    return re.escape(spelling.casefold()).replace(r"\ ", r"[\s-]+")
 
 
 class Grounding:
@@ -99,15 +100,22 @@ class Grounding:
     def __init__(self, vocabulary: Mapping[str, Any] | None = None):
         vocab = vocabulary or json.loads(GROUNDING_FILE.read_text())
         self.version = str(vocab.get("version", "?"))
-        self._terms: list[tuple[str, re.Pattern, re.Pattern]] = []  # (kind, any spelling, its group)
+        # One alternation of every spelling, longest first: scanning left to right, the regex engine
+        # takes the first alternative that matches at a position, so "squamous cell carcinoma" is
+        # one claim and its "carcinoma" is not judged again. Each spelling maps to its term: the
+        # kind, and a pattern of all its spellings that the support text is searched with.
+        self._term_of: dict[str, tuple[str, re.Pattern]] = {}
+        spellings = []
         for kind, key in (("diagnosis", "diagnoses"), ("stain", "stains")):
             for group in vocab.get(key, []):
                 group = [group] if isinstance(group, str) else list(group)
-                any_spelling = re.compile("|".join(_term_pattern(s) for s in sorted(group, key=len, reverse=True)))
+                any_spelling = re.compile(r"(?<![\w&])(?:" + "|".join(
+                    _term_pattern(s) for s in sorted(group, key=len, reverse=True)) + r")(?![\w&])")
                 for spelling in group:
-                    self._terms.append((kind, re.compile(_term_pattern(spelling)), any_spelling))
-        # longer terms first: "squamous cell carcinoma" is checked before "carcinoma" consumes it
-        self._terms.sort(key=lambda t: -len(t[1].pattern))
+                    self._term_of[_squash(spelling)] = (kind, any_spelling)
+                    spellings.append(spelling)
+        spellings.sort(key=len, reverse=True)
+        self._terms = re.compile(r"(?<![\w&])(?:" + "|".join(_term_pattern(s) for s in spellings) + r")(?![\w&])")
         self._patterns = [("grade", re.compile(p, re.IGNORECASE)) for p in vocab.get("grades", [])]
         self._patterns += [("stain", re.compile(p, re.IGNORECASE)) for p in vocab.get("stain_patterns", [])]
         self._measurement = re.compile(vocab["measurement"], re.IGNORECASE) if vocab.get("measurement") else None
@@ -123,13 +131,10 @@ class Grounding:
         sample = _normalise(text)
         source = _normalise(support)
         claims: list[Claim] = []
-        masked = sample
-        for kind, pattern, any_spelling in self._terms:
-            for found in pattern.finditer(masked):
-                if not any_spelling.search(source):
-                    claims.append(Claim(kind, found.group(0)))
-            # blank matched spans so that "carcinoma" inside "squamous cell carcinoma" is not judged again
-            masked = pattern.sub(lambda m: " " * len(m.group(0)), masked)
+        for found in self._terms.finditer(sample):
+            kind, any_spelling = self._term_of[_squash(found.group(0))]
+            if not any_spelling.search(source):
+                claims.append(Claim(kind, found.group(0)))
         for kind, pattern in self._patterns:
             for found in pattern.finditer(sample):
                 if _squash(found.group(0)) not in _squash(source):
