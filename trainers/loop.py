@@ -243,6 +243,10 @@ class TrainTask(abc.ABC):
     name: str = "train"
     """Short name: tracker project, progress-bar label, summary."""
 
+    evaluate_at_start: bool = False
+    """Also evaluate the initial model (step 0) when ``eval_every`` is set: a baseline in
+    ``eval_history`` that later evaluations are compared with (skipped on resume)."""
+
     @abc.abstractmethod
     def build_model(self, args: TrainArgs) -> "torch.nn.Module":
         """Return the model to train (on CPU; Accelerate moves it)."""
@@ -303,6 +307,24 @@ class TrainTask(abc.ABC):
     def evaluate(self, model: "torch.nn.Module", accelerator: "Accelerator") -> Optional[Mapping[str, Any]]:
         """Return scalar metrics on held-out data (called every ``eval_every`` steps, model in
         eval mode, RNG states preserved so evaluation never changes the training run)."""
+        return None
+
+    def should_stop(self, step: int, metrics: Mapping[str, Any]) -> bool:
+        """Return True to end the run after this evaluation (early stopping).
+
+        Called after every evaluation with its metrics. The loop then checkpoints this step,
+        records ``stopped_at`` in ``trainer_state.json`` and exports; a resumed run that finds
+        ``stopped_at`` in its checkpoint does not train further (it only exports again).
+        """
+        return False
+
+    def state_meta(self) -> Optional[Mapping[str, Any]]:
+        """JSON facts saved as ``task`` in every checkpoint's ``trainer_state.json`` (e.g. the model
+        signature a resume must match: the family checks it before it starts)."""
+        return None
+
+    def summary(self) -> Optional[Mapping[str, Any]]:
+        """JSON facts added as ``task_summary`` to ``train_summary.json`` (e.g. skipped records)."""
         return None
 
     def export(self, model: "torch.nn.Module", output_dir: Path, accelerator: "Accelerator") -> None:
@@ -647,6 +669,7 @@ def _train(task, args, config, accelerator, log_with, started) -> TrainResult:
         )
 
     step, epoch, batch_in_epoch = 0, 0, 0
+    stopped_at: Optional[int] = None
     losses: list[float] = []
     eval_history: list[dict[str, Any]] = []
     if resume_from is not None:
@@ -654,6 +677,7 @@ def _train(task, args, config, accelerator, log_with, started) -> TrainResult:
         accelerator.load_state(str(resume_from))
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         losses, eval_history = list(state.get("losses", [])), list(state.get("eval_history", []))
+        stopped_at = state.get("stopped_at")
         if state.get("config_hash") != cfg_hash and main:
             logger.warning("resuming %s with a config that differs from the checkpoint's", resume_from)
         if batches_per_epoch is not None and batch_in_epoch > batches_per_epoch:
@@ -685,14 +709,20 @@ def _train(task, args, config, accelerator, log_with, started) -> TrainResult:
             "losses": losses,
             "eval_history": eval_history,
             "config_hash": cfg_hash,
+            "stopped_at": stopped_at,
+            "task": dict(task.state_meta() or {}) or None,
         }
 
+    if args.eval_every and task.evaluate_at_start and step == 0 and not eval_history:
+        eval_history.append(_evaluate(task, model, accelerator, 0, log_with))
     last_saved: Optional[Path] = resume_from
     progress = tqdm(total=args.max_steps, initial=step, desc=task.name, disable=not main, dynamic_ncols=True)
     step_loss = torch.zeros((), device=accelerator.device)
     step_metrics: dict[str, Any] = {}  # summed over the step's micro-batches, synced only to log
     micro = 0
-    while step < args.max_steps:
+    if stopped_at is not None and main:
+        logger.info("the run stopped early at step %d (task.should_stop): not training further", stopped_at)
+    while step < args.max_steps and stopped_at is None:
         epoch_start, produced = batch_in_epoch, 0
         loader_generator.manual_seed(args.seed * 1_000_003 + epoch)
         dataloader.set_epoch(epoch)
@@ -744,9 +774,13 @@ def _train(task, args, config, accelerator, log_with, started) -> TrainResult:
             # Evaluate before saving: the checkpoint then holds the state the next step starts from.
             if args.eval_every and step % args.eval_every == 0:
                 eval_history.append(_evaluate(task, model, accelerator, step, log_with))
-            if (args.save_every and step % args.save_every == 0) or step == args.max_steps:
+                if task.should_stop(step, eval_history[-1]):
+                    stopped_at = step
+                    if main:
+                        logger.info("stopping at step %d: the task's should_stop() asked for it", step)
+            if (args.save_every and step % args.save_every == 0) or step == args.max_steps or stopped_at is not None:
                 last_saved = _save_checkpoint(accelerator, ckpt_root, step, trainer_state(), args.keep_checkpoints)
-            if step >= args.max_steps:
+            if step >= args.max_steps or stopped_at is not None:
                 break
         else:  # the loader is exhausted
             if produced == 0 and epoch_start == 0:
@@ -786,7 +820,11 @@ def _train(task, args, config, accelerator, log_with, started) -> TrainResult:
             "num_processes": accelerator.num_processes,
             "mixed_precision": args.mixed_precision,
             "wall_time_s": round(time.time() - started, 3),
+            "stopped_at": stopped_at,
         }
+        task_summary = task.summary()
+        if task_summary:
+            summary["task_summary"] = dict(task_summary)
         tmp = summary_path.with_name(SUMMARY_FILE + ".part")
         tmp.write_text(json.dumps(summary, indent=1))
         tmp.replace(summary_path)

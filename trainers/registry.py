@@ -89,7 +89,8 @@ for _spec in (
                entry="pathasst.trainers.splitter:main"),
     FamilySpec("pathclip", "PathCLIP contrastive image-text models (open_clip)", issue=7,
                entry="pathasst.trainers.pathclip:main"),
-    FamilySpec("pathasst", "PathAsst LLaVA-style assistant: projector and instruction stages", issue=9),
+    FamilySpec("pathasst", "PathAsst LLaVA-style assistant: projector and instruction stages", issue=9,
+               entry="pathasst.trainers.pathasst:main"),
 ):
     register(_spec)
 
