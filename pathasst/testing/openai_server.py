@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from typing import Any, Callable, Mapping, Union
 
@@ -241,6 +242,33 @@ class OpenAITestServer:
         return json_response({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "pathasst"}]})
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pathasst.testing.openai_server [--responder MODULE:FUNCTION] [--latency S]``.
+
+    Serves on 127.0.0.1 until interrupted and prints the base URL; the default responder is the
+    scripted model of ``pathasst generate instruct`` (:mod:`pathasst.dataset_builders.generate.scripted`).
+    """
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="python -m pathasst.testing.openai_server",
+                                     description="A local OpenAI-compatible chat server for trying things out.")
+    parser.add_argument("--responder", default="pathasst.dataset_builders.generate.scripted:answer",
+                        help="MODULE:FUNCTION taking the request JSON and returning the answer")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before every answer")
+    parser.add_argument("--api-key", help="require this bearer key")
+    args = parser.parse_args(argv)
+    module, _, name = args.responder.partition(":")
+    responder = getattr(importlib.import_module(module), name)
+    with OpenAITestServer(responder, latency=args.latency, api_key=args.api_key) as server:
+        print(server.base_url, flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 __all__ = [
     "CHAT_PATH",
     "OpenAITestServer",
@@ -255,3 +283,9 @@ __all__ = [
     "truncated",
     "unauthorized",
 ]
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
