@@ -52,6 +52,12 @@ def test_unlanded_family_raises_not_landed_with_the_issue(name):
     assert info.value.exit_code == 2
 
 
+def test_a_family_not_landed_says_which_issue_brings_it(family):
+    family(FamilySpec("future", "a family still to come", issue=99))
+    with pytest.raises(NotLandedError, match=r"`pathasst train future` is not available yet: it arrives with issue #99"):
+        registry.run("future", ["max_steps=1"])
+
+
 def test_unknown_family_names_the_known_ones():
     with pytest.raises(ConfigError, match="unknown model family 'nope'.*selector"):
         registry.run("nope", [])
