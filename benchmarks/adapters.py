@@ -71,6 +71,15 @@ class EmbeddingAdapter:
         raise NotImplementedError
 
 
+def _pathclip_loader():
+    """PathCLIP's folder loader (issue #7) when that module is installed, else None."""
+    try:
+        from pathasst.trainers.clip_export import load_open_clip
+    except ImportError:
+        return None
+    return load_open_clip
+
+
 class OpenClipAdapter(EmbeddingAdapter):
     """open_clip model from ``local-dir:PATH`` (or a folder holding ``open_clip_config.json``) or
     ``hf-hub:owner/name`` (from the Hub cache when offline)."""
@@ -90,8 +99,13 @@ class OpenClipAdapter(EmbeddingAdapter):
         else:
             self.revision = None
         try:
-            model, preprocess = open_clip.create_model_from_pretrained(spec, device=device)
-            self.tokenizer = open_clip.get_tokenizer(spec)
+            if spec.startswith("local-dir:") and _pathclip_loader() is not None:
+                # a PathCLIP export whose text tower is a transformers model names that tower by the
+                # folder's Hub id; its loader points it at the local folder instead (offline)
+                model, preprocess, self.tokenizer = _pathclip_loader()(spec[len("local-dir:"):], device)
+            else:
+                model, preprocess = open_clip.create_model_from_pretrained(spec, device=device)
+                self.tokenizer = open_clip.get_tokenizer(spec)
         except Exception as exc:  # noqa: BLE001 - open_clip raises many kinds for a bad folder
             raise InputError(f"--model {self.model_id}: open_clip cannot load it ({type(exc).__name__}: {exc})") from None
         self.model = model.eval()
@@ -236,7 +250,8 @@ def load_model(spec: str, *, kind: str, base_url: Optional[str] = None, device: 
                cache_dir: Optional[Path] = None):
     """The adapter for ``spec``, checked against what the task needs (``embedding``/``generative``).
 
-    ``spec`` forms: ``local-dir:PATH`` or ``hf-hub:ID`` (open_clip); ``endpoint:MODEL`` with
+    ``spec`` forms: ``local-dir:PATH`` or ``hf-hub:ID`` (open_clip); ``hf-clip:PATH`` (a folder read
+    as a transformers ``CLIPModel`` even when it also holds the open_clip layout); ``endpoint:MODEL`` with
     ``base_url``; a folder (family read from its files) or a Hub id in the local Hub cache
     (transformers).
 
@@ -249,6 +264,8 @@ def load_model(spec: str, *, kind: str, base_url: Optional[str] = None, device: 
         adapter = EndpointAdapter(spec[len("endpoint:"):], base_url, cache_dir=cache_dir)
     elif spec.startswith(("local-dir:", "hf-hub:")):
         adapter = OpenClipAdapter(spec, device)
+    elif spec.startswith("hf-clip:"):  # a folder holding both layouts (PathCLIP), read as transformers CLIPModel
+        adapter = HFClipAdapter(spec[len("hf-clip:"):], device)
     else:
         path = Path(spec).expanduser()
         if path.is_dir() and (path / "open_clip_config.json").exists():

@@ -251,8 +251,9 @@ def _strict_tokens(words: list[str], ref: str) -> float:
 def score_vqa(predictions: Sequence[str], answers: Sequence[str], metrics: Sequence[str]) -> dict[str, np.ndarray]:
     """Per-item scores of each named VQA metric (closed or open), as float arrays.
 
-    Batched: each prediction and answer is normalised and split once for all metrics (calling the
-    per-item functions metric by metric normalises them once per metric); the values are identical.
+    Batched: each prediction and answer is normalised and split once for all metrics, and the
+    n-grams of a pair are counted once for BLEU-1/2/3 (the per-item functions redo both for every
+    metric); the values are identical.
     """
     unknown = [m for m in metrics if m not in _ON_TOKENS]
     if unknown:
@@ -260,13 +261,33 @@ def score_vqa(predictions: Sequence[str], answers: Sequence[str], metrics: Seque
     if len(predictions) != len(answers):
         raise ValueError(f"{len(predictions)} predictions for {len(answers)} answers")
     out = {m: np.empty(len(answers)) for m in metrics}
-    fns = [(m, _ON_TOKENS[m]) for m in metrics]
+    bleus = [m for m in metrics if m.startswith("bleu_")]
+    fns = [(m, _ON_TOKENS[m]) for m in metrics if m not in bleus]
+    orders = [int(m[-1]) for m in bleus]
     for i, (p, a) in enumerate(zip(predictions, answers)):
         ref = normalize_answer(a)
         pw, rw, raw = normalize_answer(p).split(), ref.split(), (p or "").lower()
         for m, fn in fns:
             out[m][i] = fn(pw, rw, raw, ref)
+        if bleus:
+            for m, v in zip(bleus, _bleu_orders(pw, rw, orders)):
+                out[m][i] = v
     return out
+
+
+def _bleu_orders(pred: list[str], ref: list[str], orders: list[int]) -> list[float]:
+    """Several BLEU-n of one pair from one set of n-gram counts: nltk's ``sentence_bleu`` with a list
+    of weight tuples counts the n-grams once (one call per order counts them again each time)."""
+    import warnings
+
+    from nltk.translate.bleu_score import sentence_bleu
+
+    if not pred or not ref:
+        return [0.0] * len(orders)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = sentence_bleu([ref], pred, weights=[_BLEU_WEIGHTS[n] for n in orders])
+    return [float(x) for x in (scores if isinstance(scores, list) else [scores])]
 
 
 def score_vqa_one_by_one(predictions: Sequence[str], answers: Sequence[str], metrics: Sequence[str]) -> dict[str, np.ndarray]:

@@ -48,7 +48,7 @@ KIND_COLUMNS: dict[str, tuple[str, ...]] = {
 _REQUIRED = ("name", "version", "kind", "title", "dataset", "columns", "metrics", "notes")
 _OPTIONAL = (
     "classes", "prompts", "prompt", "generation", "select", "parser", "citation", "generic", "component",
-    "positive_labels", "class_names_note",
+    "positive_labels", "class_names_note", "runner",
 )
 _DATASET_KEYS = ("id", "config", "revision", "revision_note", "split", "split_note")
 
