@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pathasst.errors import InputError, NotLandedError, PathasstError
+from pathasst.errors import InputError, PathasstError
 
 
 class ToolError(PathasstError):
@@ -234,12 +234,11 @@ def _run_ihc(image: Any, **arguments: Any) -> dict[str, Any]:
     return quantify_ihc(image, **arguments)
 
 
-def _not_landed_pathclip() -> tuple[bool, str]:
-    return False, "PathCLIP zero-shot classification arrives with issue #7"
+def _run_pathclip(image: Any, *, labels: list[str], model: str,
+                  template: str = "a histopathology image of {}.") -> dict[str, Any]:
+    from pathasst.tools.pathclip import zero_shot
 
-
-def _run_pathclip(image: Any, **arguments: Any) -> dict[str, Any]:
-    raise NotLandedError("tool pathclip_zero_shot: PathCLIP zero-shot classification arrives with issue #7")
+    return zero_shot(image, labels, model, template)
 
 
 @functools.lru_cache(maxsize=4)
@@ -334,7 +333,7 @@ def _builtin_tools() -> list[Tool]:
                 "required": ["probabilities", "label"],
             },
             _run_pathclip,
-            _not_landed_pathclip,
+            _needs("torch", "open_clip", extra="clip"),
         ),
         Tool(
             "pathology_selector",

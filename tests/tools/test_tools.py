@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from pathasst.cli import main
+from pathasst.errors import InputError
 from pathasst.tools import (
     ToolArgumentError,
-    ToolUnavailable,
     check_schema,
     get,
     list_tools,
@@ -94,12 +94,12 @@ def test_required_argument_and_defaults_filled():
     assert filled == {**DEFAULTS, "ring_width": 0}
 
 
-def test_pathclip_is_registered_but_unavailable_until_issue_7(ihc):
+def test_pathclip_tool_names_a_model_that_is_not_a_pathclip_folder(ihc, tmp_path):
+    pytest.importorskip("open_clip")
     tool = get("pathclip_zero_shot")
-    ok, reason = tool.available()
-    assert not ok and "arrives with issue #7" in reason
-    with pytest.raises(ToolUnavailable, match="issue #7"):
-        tool.run(Image.fromarray(ihc), labels=["a", "b"], model="x")
+    assert tool.available() == (True, "")
+    with pytest.raises(InputError, match="not a PathCLIP folder"):
+        tool.run(Image.fromarray(ihc), labels=["a", "b"], model=str(tmp_path))
 
 
 # ------------------------------------------------------------------ IHC
@@ -153,7 +153,7 @@ def test_cli_list_shows_every_tool_and_availability(capsys):
     out = capsys.readouterr().out
     for name in EXPECTED:
         assert name in out
-    assert "issue #7" in out
+    assert "[available]" in out
     assert main(["tool", "list", "--json"]) == 0
     schemas = json.loads(capsys.readouterr().out)
     assert {s["function"]["name"] for s in schemas} >= EXPECTED
@@ -178,7 +178,7 @@ def test_cli_run_errors_exit_2_with_a_reason(ihc_png, tmp_path, capsys):
     assert main(["tool", "run", "ihc_quantify", str(ihc_png), "bogus=1"]) == 2
     assert "'bogus'" in capsys.readouterr().err
     assert main(["tool", "run", "pathclip_zero_shot", str(ihc_png), "labels=[a, b]", "model=m"]) == 2
-    assert "issue #7" in capsys.readouterr().err
+    assert "not a Hub id" in capsys.readouterr().err
     assert main(["tool", "run", "no_such_tool", str(ihc_png)]) == 2
     assert "known tools" in capsys.readouterr().err
 
