@@ -258,6 +258,19 @@ def load_model(spec: str, *, kind: str, base_url: Optional[str] = None, device: 
     Raises:
         InputError / ConfigError: unknown form, wrong family for the task, unloadable model.
     """
+    if kind == "selector":
+        from pathasst.trainers.selector import Selector
+
+        selector = Selector.load(spec, device="cpu" if device == "cpu" else device)
+        selector.model_id = Path(spec).resolve().name if Path(spec).exists() else spec
+        selector.revision = folder_fingerprint(Path(spec)) if Path(spec).is_dir() else None
+        selector.kind = "selector"
+        return selector
+    if kind not in ("embedding", "generative"):
+        from pathasst.errors import NotLandedError
+
+        raise NotLandedError(f"component tasks on {kind} models have no runner yet; the task is registered so that "
+                             "results computed elsewhere can be submitted and validated")
     if spec.startswith("endpoint:"):
         if not base_url:
             raise ConfigError(f"--model {spec}: an endpoint model needs --base-url (the API root, e.g. http://127.0.0.1:8000/v1)")

@@ -104,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
     from pathasst.subcommands import invoked_command
 
     task = get_task(args.task)
+    runner.check_runnable(task)
     if task.generic and not args.dataset:
         raise ConfigError(f"task {task.name} is generic: pass the folder with --dataset")
     out = Path(args.out)

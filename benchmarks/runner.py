@@ -232,6 +232,39 @@ def run_multiple_choice(task, adapter, data: EvalData, *, n_boot=1000, seed=0, o
                                     "random_fallback_rate": fallback / len(parsed)})
 
 
+def run_selector(task, selector, data: EvalData, *, batch_size=32, n_boot=1000, seed=0) -> RunOutput:
+    """``selector_auroc``: the selector's pathology score ranks positive-class images above the others
+    (AUROC); accuracy, balanced accuracy and weighted F1 of the binary decision at 0.5."""
+    positive = set(task.raw.get("positive_labels") or ["pathology"])
+    truth = label_strings(data.ds, task.columns["label"])
+    present = set(truth)
+    if not present & positive or not present - positive:
+        raise InputError(f"task {task.name}: the data needs images of a positive class ({', '.join(sorted(positive))}) "
+                         f"and of another class; its labels are {', '.join(sorted(present))}")
+    col = task.columns["image"]
+    scores = []
+    for start in range(0, len(data.ds), batch_size):
+        scores.extend(float(v) for v in selector.score(_images(data.ds, col, start, start + batch_size)))
+    s = np.asarray(scores)
+    if not np.isfinite(s).all():
+        raise InputError(f"selector {selector.source}: NaN scores for {int((~np.isfinite(s)).sum())} images")
+    y = np.array([t in positive for t in truth], dtype=int)
+    pred = (s >= 0.5).astype(int)
+    est = _cls_estimates(y, pred, 2, [m for m in task.metrics if m != "auroc"], n_boot, seed)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if 0 < y[idx].sum() < len(idx):  # a resample holding one class has no AUROC: drawn again
+            boots.append(M.auroc(y[idx], s[idx]))
+    lo, hi = np.quantile(boots, [0.025, 0.975]) if boots else (None, None)
+    est["auroc"] = M.Estimate(M.auroc(y, s), float(np.std(boots, ddof=1)) if len(boots) > 1 else None,
+                              None if lo is None else float(lo), None if hi is None else float(hi), len(y))
+    details = [{"id": i, "label": t, "prediction": "positive" if p else "negative", "score": round(v, 6)}
+               for i, t, p, v in zip(data.ids, truth, pred, s)]
+    return RunOutput(est, details, {"positive_labels": sorted(positive), "threshold": 0.5})
+
+
 def run(task, adapter, data: EvalData, **kwargs) -> RunOutput:
     """Dispatch on the task's kind."""
     if task.kind == "zeroshot":
@@ -242,11 +275,24 @@ def run(task, adapter, data: EvalData, **kwargs) -> RunOutput:
         return run_vqa(task, adapter, data, **{k: v for k, v in kwargs.items() if k in ("n_boot", "seed", "on_details")})
     if task.kind == "multiple_choice":
         return run_multiple_choice(task, adapter, data, **{k: v for k, v in kwargs.items() if k in ("n_boot", "seed", "on_details")})
+    if task.kind == "component" and task.raw.get("component") == "selector":
+        return run_selector(task, adapter, data, **{k: v for k, v in kwargs.items() if k in ("batch_size", "n_boot", "seed")})
     from pathasst.errors import NotLandedError
 
     raise NotLandedError(f"task {task.name} ({task.kind}: {task.raw.get('component')}) has no runner yet; "
                          "its metadata is registered so that results can be submitted and validated")
 
 
+def check_runnable(task) -> None:
+    """Raise :class:`NotLandedError` for a registered task without a runner, before any data is read."""
+    if task.kind == "component" and task.raw.get("component") != "selector":
+        from pathasst.errors import NotLandedError
+
+        raise NotLandedError(f"task {task.name} ({task.raw.get('component')}) has no runner yet; the task is "
+                             "registered so that results computed elsewhere can be submitted and validated")
+
+
 def model_kind(task) -> str:
+    if task.kind == "component":
+        return str(task.raw.get("component"))
     return "embedding" if task.kind in ("zeroshot", "retrieval") else "generative"

@@ -192,3 +192,34 @@ def test_batched_vqa_scoring_equals_one_by_one():
     batched, single = M.score_vqa(preds, answers, metrics), M.score_vqa_one_by_one(preds, answers, metrics)
     for m in metrics:
         assert np.allclose(batched[m], single[m]), m
+
+
+@pytest.mark.slow  # timm and a ConvNeXt: ~10 s alone, more on a busy machine
+def test_selector_auroc_component(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from pathasst.config import load_config
+    from pathasst.trainers import registry
+    from pathasst.trainers import selector as sel
+
+    data = tmp_path / "sel"
+    for label, colour in (("pathology", "LYM"), ("other", "ADI")):
+        (data / label).mkdir(parents=True)
+        for i in range(5):
+            tile(colour, 700 + i + (10 if label == "other" else 0), size=64).save(data / label / f"{i}.png")
+    cfg = load_config(sel.SelectorConfig, registry.recipe_dir("selector") / "tiny.yaml",
+                      [f"data={data}", f"output_dir={tmp_path / 'unused'}"])
+    torch.manual_seed(0)
+    model = sel.create_selector_model(cfg, ["other", "pathology"]).eval()
+    folder = sel.save_selector(model.state_dict(), model, tmp_path / "selector", ["pathology"])
+    out = tmp_path / "o"
+    assert main(["bench", "run", "--task", "selector_auroc", "--model", str(folder), "--dataset", str(data),
+                 "--out", str(out), "--bootstrap", "100"]) == 0
+    recs = {r["metric"]: r for r in json.loads((out / "results.json").read_text())["records"]}
+    details = [json.loads(x) for x in (out / "details.jsonl").read_text().splitlines()]
+    y = [d["label"] == "pathology" for d in details]
+    assert recs["auroc"]["value"] == pytest.approx(M.auroc(y, [d["score"] for d in details]), abs=1e-5)
+    assert set(recs) == {"auroc", "accuracy", "balanced_accuracy", "weighted_f1"}
+    # the other component tasks are registered but say plainly that they cannot run yet
+    assert main(["bench", "run", "--task", "subfig_map", "--model", str(folder), "--dataset", str(data),
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert "has no runner yet" in capsys.readouterr().err
