@@ -223,3 +223,13 @@ def test_selector_auroc_component(tmp_path, capsys):
     assert main(["bench", "run", "--task", "subfig_map", "--model", str(folder), "--dataset", str(data),
                  "--out", str(tmp_path / "o2")]) == 2
     assert "has no runner yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task, message", [
+    ("crc100k", "cannot load 1aurent/NCT-CRC-HE"),
+    ("lc25000_lung", "has no Hub dataset"),
+    ("zeroshot_folder", "is generic: pass the folder with --dataset"),
+])
+def test_without_a_local_copy_offline(task, message, tmp_path, capsys):
+    assert main(["bench", "run", "--task", task, "--model", "local-dir:nowhere", "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
