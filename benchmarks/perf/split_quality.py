@@ -1,0 +1,276 @@
+"""Benchmark: split quality on REAL compound captions, for the rules and for an LLM splitter.
+
+The held-out set (``dataset_builders/curate/data/real_compound_captions.yaml``, beside the synthetic
+golden cases) holds compound figure captions
+copied verbatim from openly licensed (CC BY / CC0) PubMed Central articles, each with its source
+and licence, and the split written by hand: shared prefix, shared suffix, and ``[label,
+sub-caption]`` per panel. None of them is ever trained on.
+
+Metric: **panel F1**. A predicted panel is correct when the hand split has a panel with the same
+label (compared case-insensitively) and their sub-captions match: word-level F1 (case-folded
+words and numbers, as the faithfulness check counts them) of at least ``--match`` (default 0.8),
+so a differing full stop or a stray "and" is not an error but a missing clause is. Precision is
+over predicted panels, recall over hand-labelled panels, both micro-averaged over all captions;
+**label F1** counts labels alone; **exact** counts captions whose every panel matches. Ranges are
+expanded on both sides ("(B–D)" is three panels).
+
+Steps (each also runs alone):
+
+* ``data``: SFT pairs for the LLM from captions that are NOT the held-out ones: generated compound
+  captions (:func:`pathasst.benchmarks.perf.captions.make_corpus`, answers from the rules) plus the
+  hand-written golden cases of ``dataset_builders/curate/data/caption_cases.yaml`` as hand
+  corrections (their expected split overrides the rules'), through ``pathasst curate
+  splitter-data`` with ``exclude=`` the held-out file;
+* ``train``: ``pathasst train splitter --recipe smollm2`` on those pairs (CPU: about 20-40 minutes);
+* ``eval``: F1 of the rules, and of a model folder (``--model``) through the same
+  :class:`~pathasst.dataset_builders.curate.llm.LLMCaptioner` that ``curate split --model`` uses,
+  with the LLM's fallbacks counted; the model's F1 is reported twice: as used in the pipeline
+  (fallbacks replaced by the rules) and on its own (fallbacks scored as wrong).
+
+    python -m pathasst.benchmarks.perf.split_quality eval                       # rules only
+    python -m pathasst.benchmarks.perf.split_quality data --work runs/sq
+    python -m pathasst.benchmarks.perf.split_quality train --work runs/sq
+    python -m pathasst.benchmarks.perf.split_quality eval --model runs/sq/model/model --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+DATA_FILE = "real_compound_captions.yaml"
+
+
+def data_path() -> Path:
+    """The held-out file shipped with the benchmarks."""
+    return Path(str(resources.files("pathasst.dataset_builders.curate"))) / "data" / DATA_FILE
+
+
+def load_heldout(path: Optional[str | Path] = None) -> list[dict[str, Any]]:
+    """The hand-labelled real captions: ``[{id, caption, shared_prefix, shared_suffix, panels:
+    [(label, subcaption)], source}]``.
+
+    Raises:
+        ValueError: an entry without caption or panels, or a duplicate id.
+    """
+    from pathasst.config import yaml_load
+
+    data = yaml_load(Path(path or data_path()).read_text(encoding="utf-8"))
+    out, seen = [], set()
+    for item in data["captions"]:
+        cid = item["id"]
+        if cid in seen:
+            raise ValueError(f"{cid}: duplicate id")
+        seen.add(cid)
+        if not item.get("caption") or not item.get("panels"):
+            raise ValueError(f"{cid}: needs caption and panels")
+        panels = [(None if p[0] is None else str(p[0]), str(p[1])) for p in item["panels"]]
+        out.append({"id": cid, "caption": item["caption"], "shared_prefix": item.get("shared_prefix", ""),
+                    "shared_suffix": item.get("shared_suffix", ""), "panels": panels,
+                    "source": item.get("source", {})})
+    return out
+
+
+# --- metric ---------------------------------------------------------------------------------------
+
+
+def word_f1(a: str, b: str) -> float:
+    """F1 of the multisets of words of two texts (1.0 for two empty texts)."""
+    from pathasst.dataset_builders.curate.captions import words
+
+    wa, wb = Counter(words(a)), Counter(words(b))
+    if not wa and not wb:
+        return 1.0
+    common = sum((wa & wb).values())
+    if not common:
+        return 0.0
+    p, r = common / sum(wa.values()), common / sum(wb.values())
+    return 2 * p * r / (p + r)
+
+
+def _key(label: Optional[str]) -> Optional[str]:
+    return None if label is None else label.strip().strip("()").casefold()
+
+
+def match_panels(pred: Sequence[tuple[Optional[str], str]], gold: Sequence[tuple[Optional[str], str]],
+                 threshold: float = 0.8) -> dict[str, int]:
+    """Counts for one caption: ``tp`` (label and sub-caption match), ``pred``, ``gold``,
+    ``label_tp`` (label alone), and ``text_f1_sum`` over gold panels (best same-label match)."""
+    used: set[int] = set()
+    tp = 0
+    for label, text in pred:
+        best, best_j = -1.0, None
+        for j, (g_label, g_text) in enumerate(gold):
+            if j in used or _key(g_label) != _key(label):
+                continue
+            score = word_f1(text, g_text)
+            if score > best:
+                best, best_j = score, j
+        if best_j is not None and best >= threshold:
+            used.add(best_j)
+            tp += 1
+    pred_labels = Counter(_key(label) for label, _ in pred)
+    gold_labels = Counter(_key(label) for label, _ in gold)
+    return {"tp": tp, "pred": len(pred), "gold": len(gold),
+            "label_tp": sum((pred_labels & gold_labels).values())}
+
+
+def prf(tp: int, pred: int, gold: int) -> dict[str, float]:
+    p = tp / pred if pred else 0.0
+    r = tp / gold if gold else 0.0
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
+
+
+def score(predictions: dict[str, list[tuple[Optional[str], str]]], heldout: list[dict[str, Any]],
+          threshold: float = 0.8) -> dict[str, Any]:
+    """Panel F1, label F1 and exact-caption rate of ``predictions`` (id -> panels)."""
+    totals = Counter()
+    exact = 0
+    for item in heldout:
+        counts = match_panels(predictions.get(item["id"], []), item["panels"], threshold)
+        totals.update(counts)
+        exact += counts["tp"] == counts["gold"] == counts["pred"]
+    return {"panel": prf(totals["tp"], totals["pred"], totals["gold"]),
+            "label": prf(totals["label_tp"], totals["pred"], totals["gold"]),
+            "exact_captions": exact, "captions": len(heldout), "panels_gold": totals["gold"],
+            "panels_pred": totals["pred"]}
+
+
+def rules_predictions(heldout: list[dict[str, Any]]) -> dict[str, list[tuple[Optional[str], str]]]:
+    from pathasst.dataset_builders.curate.captions import split_caption
+
+    return {item["id"]: [(p.label, p.subcaption) for p in split_caption(item["caption"]).panels] for item in heldout}
+
+
+# --- steps ----------------------------------------------------------------------------------------
+
+
+def build_data(work: Path, n: int = 700, seed: int = 11, heldout_file: Optional[str] = None,
+               tasks: Sequence[str] = ("split",)) -> dict[str, Any]:
+    """Write ``work/captions.jsonl`` (generated), ``work/corrections.yaml`` (golden cases) and the
+    SFT pairs in ``work/pairs`` (see the module docstring). Returns the builder's summary."""
+    import yaml
+
+    from pathasst.benchmarks.perf.captions import make_corpus
+    from pathasst.config import yaml_load
+    from pathasst.dataset_builders.curate.sft import SFTConfig, build_pairs
+
+    work.mkdir(parents=True, exist_ok=True)
+    with (work / "captions.jsonl").open("w", encoding="utf-8") as fh:
+        for i, (caption, _labels) in enumerate(make_corpus(n // 2, seed=seed) + make_corpus(n - n // 2, seed=seed + 1,
+                                                                                             extra=1)):
+            fh.write(json.dumps({"id": f"generated-{i}", "caption": caption}, ensure_ascii=False) + "\n")
+    golden_path = Path(str(resources.files("pathasst.dataset_builders.curate"))) / "data" / "caption_cases.yaml"
+    golden = yaml_load(golden_path.read_text(encoding="utf-8"))
+    corrections, captions = {}, []
+    for case in golden["split"]:
+        if case.get("distribute") or not case.get("panels"):
+            continue  # distributed panels (the pairs are not), or nothing to split
+        captions.append({"id": f"golden-{case['id']}", "caption": case["caption"]})
+        corrections[f"golden-{case['id']}"] = {"split": {
+            "shared_prefix": case.get("prefix", ""), "shared_suffix": case.get("suffix", ""),
+            "panels": [[p[0], p[1]] for p in case["panels"]]}}
+    (work / "golden_captions.yaml").write_text(yaml.safe_dump({"captions": captions}, allow_unicode=True, width=1000))
+    (work / "corrections.yaml").write_text(yaml.safe_dump(corrections, allow_unicode=True, width=1000))
+    cfg = SFTConfig(tasks=list(tasks), corrections=str(work / "corrections.yaml"),
+                    exclude=str(heldout_file or data_path()))
+    return build_pairs([str(work / "captions.jsonl"), str(work / "golden_captions.yaml")], work / "pairs", cfg,
+                       overwrite=True)
+
+
+def train(work: Path, overrides: Sequence[str] = ()) -> int:
+    """``pathasst train splitter --recipe smollm2 data=work/pairs output_dir=work/model ...``."""
+    from pathasst.trainers.splitter import main
+
+    return main(["--recipe", "smollm2", f"data={work / 'pairs'}", f"output_dir={work / 'model'}", "tasks=[split]",
+                 *overrides])
+
+
+def evaluate(model: Optional[str], heldout: list[dict[str, Any]], threshold: float = 0.8,
+             max_new_tokens: int = 768, timeout_s: float = 180.0, limit: int = 0) -> dict[str, Any]:
+    """Scores of the rules and (with ``model``) of the LLM on the held-out captions."""
+    items = heldout[:limit] if limit else heldout
+    started = time.perf_counter()
+    rules = rules_predictions(items)
+    result: dict[str, Any] = {"rules": {**score(rules, items, threshold),
+                                        "seconds": round(time.perf_counter() - started, 3)}}
+    if model:
+        from pathasst.dataset_builders.curate.llm import LLMCaptioner, LLMSettings
+
+        captioner = LLMCaptioner(LLMSettings(model=model, max_new_tokens=max_new_tokens, timeout_s=timeout_s,
+                                             max_prompt_chars=8000))
+        used, alone, per_caption = {}, {}, []
+        started = time.perf_counter()
+        for item in items:
+            answer = captioner.split(item["caption"])
+            panels = [(p.label, p.subcaption) for p in answer.value.panels]
+            used[item["id"]] = panels
+            alone[item["id"]] = panels if answer.used_llm else []
+            per_caption.append({"id": item["id"], "status": answer.info.get("status"),
+                                "reason": answer.info.get("reason"),
+                                **match_panels(panels, item["panels"], threshold)})
+        result["llm"] = {**score(used, items, threshold), "seconds": round(time.perf_counter() - started, 1),
+                         "llm_alone": score(alone, items, threshold), "llm_stats": captioner.summary(),
+                         "per_caption": per_caption}
+    return result
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [f"held-out real compound captions: {result['rules']['captions']} captions, "
+             f"{result['rules']['panels_gold']} hand-labelled panels; match threshold word F1 >= {result['threshold']}",
+             f"{'splitter':<34} {'panel P':>8} {'panel R':>8} {'panel F1':>9} {'label F1':>9} {'exact':>7}"]
+
+    def row(name: str, s: dict[str, Any]) -> str:
+        return (f"{name:<34} {s['panel']['precision']:>8.3f} {s['panel']['recall']:>8.3f} {s['panel']['f1']:>9.3f} "
+                f"{s['label']['f1']:>9.3f} {s['exact_captions']:>3}/{s['captions']:<3}")
+
+    lines.append(row("rules", result["rules"]))
+    if "llm" in result:
+        llm = result["llm"]
+        lines.append(row("LLM (fallbacks -> rules)", llm))
+        lines.append(row("LLM alone (fallbacks wrong)", llm["llm_alone"]))
+        stats = llm["llm_stats"]
+        lines.append(f"LLM {stats['model']}: {stats['accepted']} of {stats['calls']} answers used, fallbacks "
+                     f"{stats['fallbacks'] or 'none'}; {llm['seconds']} s")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pathasst.benchmarks.perf.split_quality", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=("data", "train", "eval"))
+    parser.add_argument("--work", type=Path, default=Path("runs/split_quality"), help="folder of data and model")
+    parser.add_argument("--heldout", help="held-out YAML (default: the shipped real captions)")
+    parser.add_argument("--captions", type=int, default=700, help="generated training captions (data)")
+    parser.add_argument("--model", help="model folder or endpoint to evaluate (eval)")
+    parser.add_argument("--match", type=float, default=0.8, help="word-F1 threshold of a sub-caption match")
+    parser.add_argument("--max-new-tokens", type=int, default=768)
+    parser.add_argument("--limit", type=int, default=0, help="evaluate the first N captions only")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("overrides", nargs="*", help="train: key=value overrides of the smollm2 recipe")
+    args = parser.parse_intermixed_args(argv)
+    if args.step == "data":
+        summary = build_data(args.work, args.captions, heldout_file=args.heldout)
+        print(json.dumps({k: summary[k] for k in ("inputs", "pairs", "corrected_split", "reject_reasons")}))
+        return 0
+    if args.step == "train":
+        return train(args.work, args.overrides)
+    heldout = load_heldout(args.heldout)
+    result = evaluate(args.model, heldout, args.match, args.max_new_tokens, limit=args.limit)
+    result.update(threshold=args.match, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  heldout=str(args.heldout or data_path()))
+    print(report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
