@@ -57,7 +57,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
-from pathasst.errors import ConfigError, InputError
+from pathasst.errors import ConfigError, InputError, PathasstError
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +320,14 @@ class BackendTimeout(Exception):
 
 class BackendUnavailable(Exception):
     """The backend cannot be reached (an endpoint that is down); the message names it."""
+
+
+class LLMUnavailable(PathasstError):
+    """The LLM cannot be reached and it is the only path (``fallback=none`` or
+    ``on_endpoint_down=error``): the stage stops (what it wrote so far stays, a rerun resumes).
+    Exit code 5, as for :class:`pathasst.endpoint.EndpointError`: input and output were fine."""
+
+    exit_code = 5
 
 
 def _read_splitter_meta(folder: Path) -> dict[str, Any]:
@@ -713,7 +721,8 @@ class LLMCaptioner:
             return None, info
         except BackendUnavailable as exc:
             if self.settings.on_endpoint_down == "error" or self.settings.fallback == "none":
-                raise
+                raise LLMUnavailable(f"--model {self.settings.model}: {exc}; the LLM is the only path with these "
+                                     "settings (fallback=none or on_endpoint_down=error)") from None
             self.down = str(exc)
             log.warning("the LLM is unreachable, the rules serve from now on: %s", exc)
             self._fail("endpoint_down", self.down, info)
@@ -771,6 +780,7 @@ __all__ = [
     "LLMCaptioner",
     "LLMOutcome",
     "LLMSettings",
+    "LLMUnavailable",
     "PromptTemplate",
     "TransformersBackend",
     "chat_ids",

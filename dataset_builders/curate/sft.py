@@ -49,6 +49,7 @@ from pathasst.errors import ConfigError, InputError
 log = logging.getLogger(__name__)
 
 PAIRS_FILE = "pairs.jsonl"
+SUBFIGURE = "\0subfigure"  # marks a skipped subfigure record in read_captions' output
 
 
 @dataclasses.dataclass
@@ -81,7 +82,8 @@ def _normal(text: str) -> str:
 
 def read_captions(path: str | Path) -> Iterator[tuple[str, str]]:
     """``(id, caption)`` of a caption input: a PathCap folder, a JSONL or a YAML file (see the
-    module docstring); subfigure records of a PathCap folder give ``(id, None)``-free skips."""
+    module docstring). A subfigure record of a PathCap folder (it repeats its parent's caption)
+    yields ``("", SUBFIGURE)`` so that the caller can count it as skipped."""
     from pathasst.config import yaml_load
 
     p = Path(path).expanduser()
@@ -90,7 +92,7 @@ def read_captions(path: str | Path) -> Iterator[tuple[str, str]]:
 
         for row, _split in iter_rows(input_shards(p)):
             if is_subfigure(row, load_meta(row)):
-                yield "", "\0subfigure"
+                yield "", SUBFIGURE
                 continue
             yield str(row.get("figure_id") or row.get("id") or ""), row.get("caption") or ""
         return
@@ -239,7 +241,7 @@ def build_pairs(inputs: list[str], out: str | Path, cfg: Optional[SFTConfig] = N
 
         for source in inputs:
             for cid, caption in read_captions(source):
-                if caption == "\0subfigure":
+                if caption == SUBFIGURE:
                     counts["subfigure_records_skipped"] += 1
                     continue
                 counts["inputs"] += 1

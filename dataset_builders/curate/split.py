@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 
-from pathasst.dataset_builders.curate.llm import LLMSettings  # standard library only at import
+from pathasst.dataset_builders.curate.llm import LLMSettings, LLMUnavailable  # standard library only at import
 
 if TYPE_CHECKING:
     from pathasst.dataset_builders.curate.llm import LLMCaptioner
@@ -328,6 +328,8 @@ def run_record_stage(
                 continue
             try:
                 outcome = transform(row, cfg)
+            except LLMUnavailable:  # the model server, not the record: stop (a rerun resumes)
+                raise
             except Exception as exc:  # noqa: BLE001 - one bad record must not stop the run
                 outcome = Outcome("rejected", reason=f"{stage} error: {type(exc).__name__}: {str(exc)[:300]}")
             with writer.unit(rid):

@@ -269,3 +269,12 @@ def test_settings_are_checked():
                 {"response_format": "xml"}):
         with pytest.raises(ValueError):
             LLMSettings(**bad).check()
+
+
+def test_an_endpoint_lost_mid_run_stops_the_stage_when_the_llm_is_the_only_path():
+    from pathasst.dataset_builders.curate.llm import LLMUnavailable
+
+    cap = LLMCaptioner(endpoint_settings(_closed_port_url(), on_endpoint_down="error"))
+    with pytest.raises(LLMUnavailable, match="only path") as info:
+        cap.split(CAPTION)
+    assert info.value.exit_code == 5
