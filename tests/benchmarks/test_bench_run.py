@@ -163,3 +163,32 @@ def test_leaderboard_and_validate(image_folder, open_clip_dir, tmp_path, capsys)
     assert rows[0].startswith("task_name,task_version,model_id") and len(rows) == 1 + 3
     assert main(["bench", "validate", str(runs / "b")]) == 4
     assert "accuracy lies in [0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # three loads of one model, two of them through transformers
+def test_pathclip_export_scores_alike_as_open_clip_and_as_clipmodel(image_folder, tmp_path):
+    """A PathCLIP export folder (issue #7: both layouts in one folder) read by both adapters gives the
+    same predictions: the two formats hold one model."""
+    import open_clip
+    import torch
+
+    ce = pytest.importorskip("pathasst.trainers.clip_export")
+    cfg = {"embed_dim": 16,
+           "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    torch.manual_seed(1)
+    model = open_clip.CLIP(**cfg)
+    folder = tmp_path / "pathclip"
+    pre = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    ce.write_open_clip_folder(ce.open_clip_state_dict(model), cfg, pre, folder)
+    ce.write_hf_clip(ce.open_clip_state_dict(model), cfg, pre, folder, vision_tower=False)
+    runs = {}
+    for name, spec in (("oc", f"local-dir:{folder}"), ("hf", f"hf-clip:{folder}"), ("plain", str(folder))):
+        out = tmp_path / name
+        assert main(["bench", "run", "--task", "crc100k", "--model", spec, "--dataset", str(image_folder),
+                     "--out", str(out), "--bootstrap", "20"]) == 0
+        runs[name] = {d["id"]: d for d in _details(out)}
+    assert [d["prediction"] for d in runs["oc"].values()] == [d["prediction"] for d in runs["plain"].values()]
+    assert [d["prediction"] for d in runs["oc"].values()] == [d["prediction"] for d in runs["hf"].values()]
+    for k in runs["oc"]:
+        assert runs["oc"][k]["score"] == pytest.approx(runs["hf"][k]["score"], abs=2e-3)
