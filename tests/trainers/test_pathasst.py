@@ -148,6 +148,7 @@ def test_labels_cover_assistant_turns_only_tool_calls_included(data):
     assert pa.encode_dialogue(processor, messages, None, max_length=20) is None
 
 
+@pytest.mark.slow
 def test_two_stages_train_export_and_reload(trained, data):
     from safetensors import safe_open
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -194,6 +195,7 @@ def test_two_stages_train_export_and_reload(trained, data):
     assert out.shape[1] > inputs["input_ids"].shape[1]
 
 
+@pytest.mark.slow
 def test_stage1_resumes_from_its_checkpoint(data, tmp_path):
     out = tmp_path / "run"
     args = ["--recipe", "tiny", "stage=1", f"data={data['cap']}", f"output_dir={out}", "save_every=1"]
@@ -207,6 +209,7 @@ def test_stage1_resumes_from_its_checkpoint(data, tmp_path):
     assert state["task"]["stage"] == 1
 
 
+@pytest.mark.slow
 def test_stage2_refuses_pathcap_and_counts_long_dialogues(data, tmp_path):
     with pytest.raises(pa.InputError, match="no 'messages' column"):
         pa.main(["--recipe", "tiny", "stage=2", f"data={data['cap']}", f"output_dir={tmp_path / 'x'}"])
