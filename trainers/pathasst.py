@@ -371,11 +371,18 @@ def build_assistant(cfg: PathAsstConfig, texts: Sequence[str] = ()) -> tuple[Any
                   projector_hidden_act="gelu", tie_word_embeddings=bool(lm.config.tie_word_embeddings))
     if vis["kind"] == "timm":
         config = FastVlmConfig(**common)
-        model = FastVlmForConditionalGeneration(config)
+        cls = FastVlmForConditionalGeneration
     else:
         config = LlavaConfig(**common, vision_feature_layer=cfg.vision_feature_layer,
                              vision_feature_select_strategy="default")
-        model = LlavaForConditionalGeneration(config)
+        cls = LlavaForConditionalGeneration
+    # allocate in the target dtype: a 13B model built in float32 first would need 52 GB of RAM
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(_torch_dtype(cfg.dtype))
+    try:
+        model = cls(config)
+    finally:
+        torch.set_default_dtype(default)
     model.model.vision_tower.load_state_dict(tower.state_dict())
     body = {k[len("model."):]: v for k, v in lm.state_dict().items() if k.startswith("model.")}
     model.model.language_model.load_state_dict(body)
