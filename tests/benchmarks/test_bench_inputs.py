@@ -107,11 +107,19 @@ def test_wrong_model_family_for_the_task(tmp_path, image_folder, tiny_llava_dir,
     assert "needs a contrastive image-text model" in capsys.readouterr().err
 
 
-def _valid_run(tmp_path, image_folder, open_clip_dir):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def valid_results(tmp_path_factory, open_clip_dir):
+    """One valid crc100k results file (scored once for every tampering case)."""
+    root = tmp_path_factory.mktemp("valid")
+    data = root / "data"
+    for c, label in enumerate(("ADI", "LYM", "TUM")):
+        (data / label).mkdir(parents=True)
+        for i in range(3):
+            tile(label, 10 * c + i).save(data / label / f"{i}.png")
+    out = root / "run"
     assert main(["bench", "run", "--task", "crc100k", "--model", f"local-dir:{open_clip_dir}",
-                 "--dataset", str(image_folder), "--out", str(out), "--bootstrap", "50"]) == 0
-    return out / "results.json"
+                 "--dataset", str(data), "--out", str(out), "--bootstrap", "50"]) == 0
+    return (out / "results.json").read_text()
 
 
 @pytest.mark.parametrize("tamper, reason", [
@@ -126,9 +134,12 @@ def _valid_run(tmp_path, image_folder, open_clip_dir):
     (lambda r: r["records"][0].pop("seed"), "field 'seed': missing"),
     (lambda r: r["records"][0].update(task_name="crc100"), "did you mean crc100k"),
 ])
-def test_validate_rejects_tampered_submissions(tmp_path, image_folder, open_clip_dir, capsys, tamper, reason):
-    path = _valid_run(tmp_path, image_folder, open_clip_dir)
-    res = json.loads(path.read_text())
+def test_validate_rejects_tampered_submissions(tmp_path, valid_results, capsys, tamper, reason):
+    path = tmp_path / "results.json"
+    path.write_text(valid_results)
+    capsys.readouterr()
+    assert main(["bench", "validate", str(path)]) == 0
+    res = json.loads(valid_results)
     tamper(res)
     path.write_text(json.dumps(res))
     capsys.readouterr()
