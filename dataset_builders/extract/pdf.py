@@ -306,8 +306,21 @@ def _text_lines(page: Any) -> list[_Line]:
             if not text.strip():
                 continue
             main = max(spans, key=lambda s: len(s["text"].strip()))
-            lines.append(_Line(tuple(line["bbox"]), text.rstrip(), round(main["size"], 1), main["font"], b,
-                               tuple((tuple(sp["bbox"]), sp["text"].strip()) for sp in spans if sp["text"].strip())))
+            new = _Line(tuple(line["bbox"]), text.rstrip(), round(main["size"], 1), main["font"], b,
+                        tuple((tuple(sp["bbox"]), sp["text"].strip()) for sp in spans if sp["text"].strip()))
+            prev = lines[-1] if lines else None
+            if (prev is not None and prev.block == b and new.bbox[0] >= prev.bbox[2] - 1.0
+                    and new.bbox[0] - prev.bbox[2] < 4 * max(new.size, 1.0)
+                    and abs(new.bbox[1] - prev.bbox[1]) < 0.3 * max(new.size, 1.0)
+                    and CAPTION_LABEL.match(prev.text)):
+                # A caption line cut in two by a wide justified space ("Figure 1:      Default
+                # ordination" in a narrow caption beside a figure): one line again, or the label
+                # would be taken for a paragraph of its own, set in another column. (Only after a
+                # label: tick labels on one baseline must stay short lines of their own.)
+                lines[-1] = dataclasses.replace(prev, bbox=_union([prev.bbox, new.bbox]),
+                                                text=prev.text + " " + new.text.lstrip(), spans=prev.spans + new.spans)
+                continue
+            lines.append(new)
     return lines
 
 
@@ -374,6 +387,50 @@ def _cluster(boxes: list[Box], tol: float) -> list[list[int]]:
     return list(groups.values())
 
 
+def _runs_along(line: Box, region: Box) -> bool:
+    """A line of body text rather than a label of the drawing: a horizontal line wider than 0.6 of
+    the region, or a vertical one (text on a page turned by its /Rotate) longer than the region is
+    tall; a y-axis title or a column of tick labels is vertical and shorter than its axis."""
+    w, h = line[2] - line[0], line[3] - line[1]
+    if h > w:
+        return h > region[3] - region[1]
+    return w > 0.6 * (region[2] - region[0])
+
+
+def _visible_drawings(page: Any) -> list[dict]:
+    """The page's vector paths with each ``rect`` cut to the clip that is active when it is drawn.
+
+    Plotting programs draw lines past the plot area and let a clip path hide the rest (R's
+    ``abline`` runs from edge to edge of the device); the unclipped rectangle of such a line
+    would turn a plot into a region the height of the page that swallows its own caption.
+    """
+    import pymupdf
+
+    out = []
+    clips: list[tuple[int, Any]] = []  # (level, scissor) of the clips enclosing the current path
+    for item in page.get_drawings(extended=True):
+        level = item.get("level", 0)
+        while clips and clips[-1][0] >= level:
+            clips.pop()  # a clip applies to the items nested below it (higher levels) only
+        kind = item.get("type")
+        if kind == "clip":
+            scissor = tuple(item["scissor"])
+            if clips:
+                scissor = _inter(scissor, clips[-1][1])
+            clips.append((level, scissor))
+            continue
+        if kind == "group":
+            continue
+        if clips:
+            # by hand, not Rect & Rect: a horizontal or vertical line is an "empty" rect to pymupdf
+            x0, y0, x1, y1 = _inter(tuple(item["rect"]), clips[-1][1])
+            if x0 > x1 or y0 > y1:
+                continue  # clipped away entirely
+            item = dict(item, rect=pymupdf.Rect(x0, y0, x1, y1))
+        out.append(item)
+    return out
+
+
 def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], paras: list[_Para],
                     captions: set[int], cfg: PdfConfig) -> list[Box]:
     """Regions of vector drawings, grown by the short text around them (tick and axis labels)."""
@@ -398,18 +455,26 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
     regions = [_union(rects[i] for i in group) for group in _cluster(rects, 8.0)]
     regions = [r for r in regions if max(r[2] - r[0], r[3] - r[1]) >= cfg.min_figure_side]
     out = []
+    # The page's body type size (most characters): labels set smaller than it may sit farther out.
+    sizes: dict[float, int] = {}
+    for para in paras:
+        sizes[para.size] = sizes.get(para.size, 0) + len(para.text)
+    body_size = max(sizes, key=sizes.get) if sizes else 0.0
     for region in regions:
         # Grow by paragraphs of short lines that touch the region: tick labels, axis titles,
         # legends. Body text (lines as wide as the region or wider) and captions stay out.
         for _ in range(3):
             grown = region
-            span = region[2] - region[0]
             for k, para in enumerate(paras):
                 pb = para.bbox
-                if k in captions or _contains(grown, pb) or not _touches(_grow(grown, 10.0), pb):
+                # An axis title sits a line below the tick labels: text smaller than the body may
+                # be 1.6 lines away; anything else must come within 10 points (headings and body
+                # text beside a plot would otherwise snowball into it).
+                reach = max(10.0, 1.6 * para.size) if para.size < body_size - 0.3 else 10.0
+                if k in captions or _contains(grown, pb) or not _touches(_grow(grown, reach), pb):
                     continue
-                if any(ln.bbox[2] - ln.bbox[0] > 0.6 * span for ln in para.lines):
-                    continue  # a line as wide as the drawing: body text, not a label
+                if any(_runs_along(ln.bbox, grown) for ln in para.lines):
+                    continue  # a line as long as the drawing: body text, not a label
                 grown = _union([grown, pb])
             if grown == region:
                 break
@@ -540,7 +605,7 @@ def _analyse_page(page: Any, infos: list[dict], decorations: set, cfg: PdfConfig
     band = (cfg.header_footer_margin * height, height - cfg.header_footer_margin * height)
     lines = [ln for ln in _text_lines(page) if not (ln.bbox[3] <= band[0] or ln.bbox[1] >= band[1])]
     paras = _paragraphs(lines)
-    drawings = page.get_drawings()
+    drawings = _visible_drawings(page)
 
     if layout is None:
         cap_idx = {k for k, p in enumerate(paras) if _caption_label(p.lines[0].text) or _TABLE_LABEL.match(p.lines[0].text)}
@@ -689,6 +754,50 @@ def _pair_page(page: _Page, max_dist: float) -> None:
         used_c.add(ci)
         fig = page.figures[fi]
         fig.caption, fig.pairing, fig.distance = captions[ci], side, round(dist, 2)
+    _merge_panels_over_caption(page, max_dist)
+
+
+def _merge_panels_over_caption(page: _Page, max_dist: float) -> None:
+    """Join the loose panels of one figure under the caption they share.
+
+    The panels of a vector figure can stand far apart (two diagrams side by side, 60 points of
+    white between them) and the caption, centred under the whole, then lies under neither panel
+    enough to pair with it. A figure caption left unpaired takes every unpaired figure that sits
+    above it within ``max_dist``, overlaps it horizontally and has nothing printed between them,
+    when there are at least two: together they are one figure. One such figure alone is left
+    alone (its pairing already failed for a reason the rules above state).
+    """
+    paired = {id(f.caption) for f in page.figures if f.caption is not None}
+    merged = False
+    for cap in page.captions:
+        if cap.kind != "figure" or id(cap) in paired:
+            continue
+        c = cap.bbox
+        loose = []
+        for fig in page.figures:
+            f = fig.bbox
+            if fig.caption is not None or not (-3.0 <= c[1] - f[3] <= max_dist) or _overlap(f[0], f[2], c[0], c[2]) <= 0:
+                continue
+            strip = (max(f[0], c[0]) + 0.5, f[3] + 0.5, min(f[2], c[2]) - 0.5, c[1] - 0.5)
+            others = page.blockers + [o.bbox for o in page.figures if o is not fig] + [
+                o.bbox for o in page.captions if o is not cap]
+            if c[1] - f[3] > 0 and any(_area(_inter(strip, o)) > 0.5 for o in others):
+                continue
+            loose.append(fig)
+        if len(loose) < 2:
+            continue
+        first = min(loose, key=lambda f: f.index)
+        first.parts = [part for f in loose for part in f.parts]
+        first.bbox = _union(f.bbox for f in loose)
+        first.spans = [sp for f in loose for sp in f.spans]
+        first.overlaid = True
+        first.caption, first.pairing, first.distance = cap, "below", round(c[1] - first.bbox[3], 2)
+        page.figures = [f for f in page.figures if f is first or all(f is not g for g in loose)]
+        paired.add(id(cap))
+        merged = True
+    if merged:  # figure ids follow reading order on the page: renumber without gaps
+        for n, fig in enumerate(sorted(page.figures, key=lambda f: f.index), 1):
+            fig.index = n
 
 
 def _pair_facing(pages: list[_Page]) -> None:
