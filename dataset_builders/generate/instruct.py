@@ -32,7 +32,8 @@ Scale and robustness: requests run concurrently (``endpoint.concurrency``) with 
 retries; answers are cached in ``OUT/.pathasst/responses.sqlite`` (or ``cache=FILE``) keyed by
 (model, template version, prompt hash), so a rerun or a resumed run never pays twice; ``budget.*``
 caps requests, tokens and cost and stops the run cleanly (exit 6); Ctrl-C or SIGTERM stop starting
-requests, let those in flight finish (and be cached), keep every finished record and exit 130; an
+requests, let those in flight finish (and be cached), keep every finished record and exit 130 (a
+second signal cancels the requests in flight); an
 unreachable endpoint or a rejected key stops the run with an error naming the base URL (exit 5),
 finished records and the cache kept. Rerunning the same command resumes. ``summary.json`` holds
 counts, tokens, cost and retries.
@@ -55,7 +56,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from pathasst.endpoint import Budget, BudgetExceeded, EndpointAuthError, EndpointConfig, EndpointError, EndpointUnreachable
+from pathasst.endpoint import Budget, BudgetExceeded, EndpointAuthError, EndpointConfig, EndpointUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ class Generator:
         tmpl = self.templates[name]
         messages = tmpl.messages({"task": name, **values})
         fmt = {"type": "json_object"} if self.cfg.json_mode else None
-        for attempt in range(2 if self.cfg.repair else 1):
+        for _attempt in range(2 if self.cfg.repair else 1):
             if self.stopping:
                 raise _Stop()
             done = await self.endpoint.acomplete(messages, response_format=fmt, template_version=tmpl.tag)
@@ -558,10 +559,24 @@ async def _run(cfg: InstructConfig, out: Path, *, overwrite, resume, progress, c
             log.warning("stopping: %s; requests in flight finish and are cached", reason)
         gen.stopping = True
 
+    pending: dict[asyncio.Task, tuple[str, str, Mapping[str, Any]]] = {}
+    signals_seen = 0
+
+    def on_signal(name: str) -> None:
+        # first signal: stop starting requests, let those in flight finish into the cache; a second
+        # one (a slow model, a long timeout) cancels them: their records are redone on the next run
+        nonlocal signals_seen
+        signals_seen += 1
+        request_stop(f"interrupted by {name}")
+        if signals_seen > 1:
+            log.warning("second %s: cancelling %d records in flight", name, len(pending))
+            for task in pending:
+                task.cancel()
+
     if handle_signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, request_stop, f"interrupted by {signal.Signals(sig).name}")
+                loop.add_signal_handler(sig, on_signal, signal.Signals(sig).name)
                 installed.append(sig)
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no such signal
                 pass
@@ -595,7 +610,6 @@ async def _run(cfg: InstructConfig, out: Path, *, overwrite, resume, progress, c
                 counts["turns_dropped"] += 1
         counts["records_generated"] += 1
 
-    pending: dict[asyncio.Task, tuple[str, str, Mapping[str, Any]]] = {}
 
     async def drain(return_when) -> None:
         nonlocal fatal
@@ -605,6 +619,9 @@ async def _run(cfg: InstructConfig, out: Path, *, overwrite, resume, progress, c
         for task in done:
             rid, split, row = pending.pop(task)
             bar.update(1)
+            if task.cancelled():
+                counts["records_left"] += 1
+                continue
             exc = task.exception()
             if exc is None:
                 write(rid, split, row, task.result())

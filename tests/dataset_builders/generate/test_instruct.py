@@ -9,8 +9,6 @@ import signal
 import threading
 from pathlib import Path
 
-import pytest
-
 from pathasst.cli import main
 from pathasst.dataset_builders.generate.scripted import answer, request_fields
 from pathasst.testing.openai_server import OpenAITestServer, malformed_json, rate_limited, server_error, stall
@@ -348,3 +346,29 @@ def test_rerun_with_other_model_needs_resume_and_bad_settings_are_clear(pathcap,
     assert "poems" in capsys.readouterr().err
     assert main(["generate", "instruct", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--recipe", "local"]) == 2
     assert "DATASET not found" in capsys.readouterr().err
+
+
+def test_second_interrupt_cancels_requests_in_flight(pathcap, tmp_path, capsys, caplog):
+    """A slow model: the first Ctrl-C waits for the requests in flight, a second one cancels them."""
+    out = tmp_path / "out"
+
+    def interrupt_twice():
+        import time
+
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with OpenAITestServer(answer, latency=8) as server:
+        threading.Thread(target=interrupt_twice, daemon=True).start()
+        import time
+
+        start = time.monotonic()
+        assert main(_args(pathcap, out, server, "endpoint.timeout_s=30")) == 130
+        assert time.monotonic() - start < 6  # not the 8 s the answers in flight would take
+    assert "interrupted by SIGINT" in capsys.readouterr().err
+    assert "second SIGINT: cancelling" in caplog.text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["this_run"]["samples_written"] == 0 and summary["this_run"]["records_left"] >= USABLE
+    assert not summary["complete"]
