@@ -698,6 +698,14 @@ def collate_pairs(samples):
 
 
 def _webdataset_loader(cfg: PathClipConfig, transform, tokenizer):
+    """A loader over WebDataset tar shards (``jpg``/``jpeg``/``png`` + ``txt`` per sample).
+
+    Shard order and the sample shuffle buffer are seeded (``detshuffle``: a function of the seed and
+    the epoch). Under several processes Accelerate dispatches the batches of process 0 to the
+    others, so every process reads all shards (no node splitting here). Resume skips the consumed
+    batches by reading them again; undecodable samples are skipped with a warning (counted by
+    webdataset's handler, not in the run summary).
+    """
     try:
         import webdataset as wds
     except ImportError:
@@ -707,11 +715,14 @@ def _webdataset_loader(cfg: PathClipConfig, transform, tokenizer):
 
     def to_pair(sample):
         img, text = sample
-        return transform(img.convert("RGB")), tokenizer([text if isinstance(text, str) else text.decode()])[0]
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        return transform(img.convert("RGB")), tokenizer([text.strip()])[0]
 
-    dataset = (wds.WebDataset(cfg.webdataset, shardshuffle=100, seed=cfg.seed, nodesplitter=wds.split_by_node)
-               .shuffle(1000, seed=cfg.seed).decode("pil").to_tuple("jpg;png;jpeg", "txt").map(to_pair)
-               .with_length(cfg.webdataset_size // cfg.batch_size * cfg.batch_size))
+    dataset = (wds.WebDataset(cfg.webdataset, shardshuffle=100, detshuffle=True, seed=cfg.seed,
+                              nodesplitter=lambda urls: urls, handler=wds.warn_and_continue, empty_check=True)
+               .shuffle(1000, seed=cfg.seed).decode("pil", handler=wds.warn_and_continue)
+               .to_tuple("jpg;jpeg;png", "txt", handler=wds.warn_and_continue).map(to_pair)
+               .with_length(cfg.webdataset_size))
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, drop_last=True,
                                        num_workers=cfg.num_workers, collate_fn=collate_pairs)
 

@@ -145,6 +145,31 @@ def test_webdataset_without_the_package_names_the_extra(tmp_path, caps):
 # data
 
 
+def test_webdataset_shards_train_and_export(tmp_path):
+    pytest.importorskip("webdataset")
+    import tarfile
+    import io as _io
+
+    colours, patterns = ["red", "green", "blue", "yellow"], ["dots", "stripes", "checks"]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for shard in range(2):
+        with tarfile.open(shards / f"{shard:03d}.tar", "w") as tar:
+            for i in range(24):
+                c, p = colours[i % 4], patterns[(i // 4) % 3]
+                for ext, data in (("png", textured_tile(c, p, 100 * shard + i, 32)), ("txt", f"{c} {p}".encode())):
+                    info = tarfile.TarInfo(f"s{shard}-{i:04d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, _io.BytesIO(data))
+    cfg = registry.load_family_config(pc.PathClipConfig, "pathclip", [
+        "--recipe", "tiny", f"webdataset={shards}/{{000..001}}.tar", "webdataset_size=48", "batch_size=8",
+        "max_steps=8", "eval_every=0", "warmup_steps=0", f"output_dir={tmp_path / 'run'}", "export_hf=false"])
+    result, _ = pc.train_pathclip(cfg)
+    assert result.final_step == 8 and all(map(lambda x: x == x, result.losses))  # 8 steps, finite losses
+    model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{result.model_dir}")
+    assert model is not None
+
+
 def test_records_without_image_or_caption_are_skipped_and_counted(tmp_path):
     feats = Features({"image": ImageFeature(), "caption": Value("string"), "caption_raw": Value("string")})
     images = [textured_tile("red", "dots", i, 32) for i in range(20)]
