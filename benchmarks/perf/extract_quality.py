@@ -10,7 +10,8 @@ Metrics, per set (``tuning``: the documents the extractor was improved on; ``hel
 never used to change the code) and per method (``geometry``, ``layout``):
 
 * **figure recall**: labelled figures for which a record exists on the labelled page with the
-  labelled figure label and a caption that opens with the labelled words;
+  labelled figure label, a caption that opens with the labelled words, paired on the labelled side
+  of its figure (a caption between two figures paired with the lower one is a wrong pair);
 * **pairing precision**: records that are such a match, over all records (a record whose caption is
   not its figure's own, or a figure that is not labelled, counts against it).
 
@@ -126,9 +127,14 @@ def _norm(text: str) -> str:
 
 
 def matches(record: dict[str, Any], figure: dict[str, Any]) -> bool:
-    """Is ``record`` the labelled ``figure``: same page, same label, caption opening with its words?"""
+    """Is ``record`` the labelled ``figure``: same page, same label, caption opening with its words,
+    and (when the label gives it) the caption paired on its labelled side of the figure?"""
     if record.get("page") != figure["page"]:
         return False
+    if figure.get("side"):
+        meta = json.loads(record.get("meta") or "{}")
+        if meta.get("caption_pairing") != figure["side"]:
+            return False  # the right caption text on the wrong figure (the next one down, say)
     if _norm(record.get("figure_label") or "") != _norm(figure["label"]):
         return False
     words = _norm(figure["caption"]).split()[:MATCH_WORDS]

@@ -14,8 +14,9 @@ from pathasst.benchmarks.perf import extract_quality as q
 
 def test_the_shipped_labels_are_complete_and_say_where_each_document_comes_from():
     docs = q.load_labels(q.default_labels())
-    assert {d["set"] for d in docs} == {"tuning", "held_out"}
-    assert sum(len(d["figures"]) for d in docs) >= 150
+    assert {d["set"] for d in docs} == {"tuning", "tuning_2", "held_out"}
+    assert sum(len(d["figures"]) for d in docs if d["set"] == "held_out") >= 100
+    assert all(f["side"] in ("below", "right") for d in docs for f in d["figures"])
     for doc in docs:
         assert len(doc["sha256"]) == 64 and doc["package"] and doc["version"] and doc["path"].endswith(".pdf")
         numbers = [f["label"].split()[-1] for f in doc["figures"]]
@@ -31,6 +32,9 @@ def test_matching_needs_page_label_and_the_opening_words():
     assert not q.matches(dict(rec, page=4), fig)
     assert not q.matches(dict(rec, figure_label="Figure 3"), fig)
     assert not q.matches(dict(rec, caption_raw="Figure 2: Hazard ratios by age"), fig)
+    sided = dict(fig, side="below")  # the right text paired with the figure below it is a wrong pair
+    assert q.matches(dict(rec, meta='{"caption_pairing": "below"}'), sided)
+    assert not q.matches(dict(rec, meta='{"caption_pairing": "above"}'), sided)
     result = q.score([rec, dict(rec, figure_label="Figure 9", caption_raw="Figure 9: Other")], [fig])
     assert (result["found"], result["good"], result["records"]) == (1, 1, 2) and result["wrong"][0]["label"] == "Figure 9"
 
