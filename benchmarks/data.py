@@ -63,11 +63,13 @@ def _is_image_folder(path: Path) -> bool:
 def _load_local(path: Path, split: Optional[str]):
     from datasets import DatasetDict, load_dataset
 
+    from pathasst.inputs import load_dataset_fresh
+
     try:
         if _is_image_folder(path):
             ds = load_dataset("imagefolder", data_dir=str(path))
         else:
-            ds = load_dataset(str(path))
+            ds = load_dataset_fresh(str(path))  # never a stale cached copy of a rebuilt folder
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds for "not a dataset"
         raise InputError(f"--dataset {path}: cannot read it as a dataset or ImageFolder "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''})") from None
