@@ -602,6 +602,13 @@ class DatasetWriter:
     def finalize(self, card_text: str = "") -> WriteSummary:
         """Commit, give shards their final names, write the dataset card; release the folder."""
         self.commit()
+        if not self.manifest["shards"]:
+            # A run that kept nothing (every input rejected, a budget stop before the first record)
+            # must still load: one empty shard of the first split, with the schema, gives
+            # load_dataset an empty split with the right features (without any shard it would take
+            # summary.json or the ledger for the data).
+            self._open_part(next(iter(self.splits)))
+            self.commit()
         m = self.manifest
         by_split: dict[str, list[dict]] = {}
         for shard in m["shards"]:

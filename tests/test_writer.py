@@ -346,3 +346,23 @@ def test_explicit_split_and_unknown_split(tmp_path):
                 w.add(record(1), split="train")
                 w.add(record(2), split="test")
         assert not w.is_done("atlas.pdf")
+
+
+def test_a_folder_with_no_record_holds_an_empty_shard_not_other_files_as_data(tmp_path):
+    # Without any shard, load_dataset(folder) took summary.json or the ledger for the data.
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+
+    spec = get_spec("pathcap")
+    with DatasetWriter(tmp_path / "empty", spec) as writer:
+        writer.reject("a", "caption too short")
+        summary = writer.finalize()
+    (tmp_path / "empty" / "summary.json").write_text('{"what": "a stage summary beside the data"}')
+    assert summary.total_records == 0 and summary.rejected == 1
+    shard = tmp_path / "empty" / "data" / "train-00000-of-00001.parquet"
+    assert pq.read_table(shard).num_rows == 0
+    ds = load_dataset(str(tmp_path / "empty"), streaming=True)
+    assert list(ds["train"]) == [] and ds["train"].features == spec.features
+    # datasets refuses to materialise an empty split (an error, never summary.json as rows)
+    with pytest.raises(ValueError):
+        load_dataset(str(tmp_path / "empty"))
