@@ -275,9 +275,13 @@ def worker_data(shared: dict[str, Any]) -> dict[str, Any]:
         names = [c.replace("_", " ") for c in folder.classes]
         folder.target_transform = lambda c: tokenizer([names[c]])[0]
         loader = torch.utils.data.DataLoader(folder, batch_size=bs, shuffle=True, drop_last=True)
-    n, t0 = 0, time.perf_counter()
-    for images, _ in loader:
-        n += len(images)
+    n, t0, epoch = 0, time.perf_counter(), 0
+    while n < shared["data_images"]:  # whole epochs until enough images: one epoch is a second or two
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        for images, _ in loader:
+            n += len(images)
+        epoch += 1
     seconds = time.perf_counter() - t0
     return {"images": n, "seconds": seconds, "images_per_s": n / seconds}
 
@@ -321,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=8, help="untimed first steps")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per run (1: on a shared machine a second thread's spin-waits cost more)")
+    parser.add_argument("--data-images", type=int, default=4096, help="images to read in the data-path runs")
     parser.add_argument("--repeat", type=int, default=1, help="alternate train/plain runs this many times")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -336,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         image_folder = write_image_folder(caps, Path(tmp) / "imagefolder")
         shared = {"recipe": args.recipe, "caps": str(caps), "image_folder": str(image_folder),
                   "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
-                  "threads": args.threads, "image_size": args.image_size or None}
+                  "threads": args.threads, "image_size": args.image_size or None,
+                  "data_images": args.data_images}
         runs: dict[str, list[dict[str, Any]]] = {"train": [], "plain": []}
         for _ in range(args.repeat):  # alternated, so drift on a shared machine hits both
             for kind in ("train", "plain"):

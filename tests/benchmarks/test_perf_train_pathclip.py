@@ -14,7 +14,7 @@ from pathasst.benchmarks.perf import train_pathclip  # noqa: E402
 def test_tiny_smoke_run(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["--records", "40", "--tile-size", "32", "--steps", "4", "--warmup", "1", "--batch-size", "8",
-            "--threads", "1", "--json", str(out)]
+            "--threads", "1", "--data-images", "64", "--json", str(out)]
     assert train_pathclip.main(argv) == 0
     results = json.loads(out.read_text())
     for kind in ("train", "plain"):
