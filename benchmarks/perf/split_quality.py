@@ -194,7 +194,7 @@ def train(work: Path, overrides: Sequence[str] = ()) -> int:
 
 
 def evaluate(model: Optional[str], heldout: list[dict[str, Any]], threshold: float = 0.8,
-             max_new_tokens: int = 768, timeout_s: float = 180.0, limit: int = 0) -> dict[str, Any]:
+             max_new_tokens: int = 1024, timeout_s: float = 300.0, limit: int = 0) -> dict[str, Any]:
     """Scores of the rules and (with ``model``) of the LLM on the held-out captions."""
     items = heldout[:limit] if limit else heldout
     started = time.perf_counter()
@@ -216,6 +216,8 @@ def evaluate(model: Optional[str], heldout: list[dict[str, Any]], threshold: flo
             per_caption.append({"id": item["id"], "status": answer.info.get("status"),
                                 "reason": answer.info.get("reason"),
                                 **match_panels(panels, item["panels"], threshold)})
+            print(f"[{len(per_caption)}/{len(items)}] {item['id']}: {answer.info.get('status')} "
+                  f"{answer.info.get('reason') or ''}", file=sys.stderr, flush=True)
         result["llm"] = {**score(used, items, threshold), "seconds": round(time.perf_counter() - started, 1),
                          "llm_alone": score(alone, items, threshold), "llm_stats": captioner.summary(),
                          "per_caption": per_caption}
@@ -251,8 +253,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--captions", type=int, default=700, help="generated training captions (data)")
     parser.add_argument("--model", help="model folder or endpoint to evaluate (eval)")
     parser.add_argument("--match", type=float, default=0.8, help="word-F1 threshold of a sub-caption match")
-    parser.add_argument("--max-new-tokens", type=int, default=768)
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per caption before the rules take over")
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N captions only")
+    parser.add_argument("--shortest", type=int, default=0,
+                        help="evaluate the N shortest captions only (a CPU-time budget; reported as a subset)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("overrides", nargs="*", help="train: key=value overrides of the smollm2 recipe")
     args = parser.parse_intermixed_args(argv)
@@ -263,7 +268,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.step == "train":
         return train(args.work, args.overrides)
     heldout = load_heldout(args.heldout)
-    result = evaluate(args.model, heldout, args.match, args.max_new_tokens, limit=args.limit)
+    if args.shortest:
+        heldout = sorted(heldout, key=lambda item: len(item["caption"]))[:args.shortest]
+    result = evaluate(args.model, heldout, args.match, args.max_new_tokens, args.timeout, limit=args.limit)
     result.update(threshold=args.match, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   heldout=str(args.heldout or data_path()))
     print(report(result))
