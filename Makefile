@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # torch and torchvision: this exact pair is available as local wheels on the project's machines
 # (no multi-gigabyte download); override TORCH_SPEC on a GPU box, e.g. TORCH_SPEC="torch torchvision".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-EXTRAS ?= dev,train,demo,pdf,vision,detect,clip,llm,bench
+EXTRAS ?= dev,train,demo,pdf,vision,detect,clip,clip-wds,llm,bench
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .PHONY: install demo test test-fast bench-perf clean
