@@ -34,9 +34,11 @@ Models:
 Export (``output_dir/model``): a standard transformers folder that
 ``AutoModelForImageTextToText.from_pretrained`` and ``AutoProcessor.from_pretrained`` load with no
 custom code. With a CLIP tower it is a ``LlavaForConditionalGeneration`` (what vLLM and TGI serve);
-with a timm CNN tower it is a ``FastVlmForConditionalGeneration``: transformers' subclass of
-``LlavaForConditionalGeneration`` for timm towers, identical except that it flattens the CNN's
-feature map into tokens (plain LLaVA would feed the projector NCHW maps). The processor is a
+with a timm CNN tower it is a ``FastVlmForConditionalGeneration`` (``model_type: fast_vlm``):
+transformers' LLaVA variant for timm towers, generated from LLaVA's code (same config keys, weight
+names and ``LlavaProcessor``) but a class of its own, not a Python subclass; it flattens the CNN's
+feature map into tokens, where plain LLaVA would feed the projector NCHW maps. Serving stacks must
+know ``fast_vlm`` to serve it; the CLIP-tower recipes give plain LLaVA. The processor is a
 ``LlavaProcessor`` with the ``<image>`` token, the image-token count of the tower (DESIGN.md §8:
 ``(size/patch)^2`` for CLIP, the CLS token dropped by the ``default`` strategy; ``(size/32)^2`` for
 EfficientNet), an image processor that resizes the whole image to the tower's square input (no crop:

@@ -14,7 +14,9 @@ Sections (``--sections``, default all), on the ``mini`` model (EfficientNet-Lite
   :func:`pathasst.trainers.loop.train` against a plain PyTorch loop (AdamW, forward, backward,
   step) over the same model, the same batches and the same collation. Each side is timed from the
   start of its second step to the start of its last (``--train-steps``), so building, the first
-  step's warm-up and the final checkpoint/export are outside it. Ratio = loop / plain; target
+  step's warm-up and the final checkpoint/export are outside it; each side runs ``--train-rounds``
+  times in ABBA order (plain, loop, loop, plain) so that a drifting machine load weighs on both
+  alike, and its rate is total samples / total seconds. Ratio = loop / plain; target
   >= 0.95. Stage 2 trains on the short dialogues (``--stage2-max-length``; the ~930-token tool
   dialogues are counted out), to keep a CPU run short.
 
@@ -213,16 +215,26 @@ def bench_train(args: argparse.Namespace, data: dict[str, Path], root: Path) -> 
                       keep_checkpoints=1, log_every=1000, resume="never", lora_r=8, lora_alpha=16, lora_dropout=0.0)
         if stage == 2:
             common.update(init_from=str(stage1_model), max_length=args.stage2_max_length)
+        runs: dict[str, list[dict[str, Any]]] = {"plain": [], "loop": []}
+        # ABBA order over the rounds (plain, loop, loop, plain, ...): a load that drifts during the
+        # run weighs on both sides alike
+        order = [("plain", "loop") if r % 2 == 0 else ("loop", "plain") for r in range(args.train_rounds)]
+        for r, names in enumerate(order):
+            for name in names:
+                cfg = PathAsstConfig(data=str(data["cap" if stage == 1 else "inst"]),
+                                     output_dir=str(root / f"train-s{stage}-{name}-{r}"), **common)
+                task = make_task(cfg)
+                runs[name].append(_train_side(task, cfg, plain=name == "plain"))
+                if stage == 1 and name == "loop":
+                    stage1_model = root / f"train-s1-loop-{r}" / "model"
         sides = {}
-        for name in ("plain", "loop"):
-            cfg = PathAsstConfig(data=str(data["cap" if stage == 1 else "inst"]),
-                                 output_dir=str(root / f"train-s{stage}-{name}"), **common)
-            task = make_task(cfg)
-            sides[name] = _train_side(task, cfg, plain=name == "plain")
-            if stage == 1 and name == "loop":
-                stage1_model = root / "train-s1-loop" / "model"
-        rows.append({"stage": stage, "batch_size": args.train_batch, **{f"{m}_{k}": v for k in sides
-                                                                        for m, v in sides[k].items()},
+        for name, side in runs.items():
+            steps, seconds = sum(x["steps_timed"] for x in side), sum(x["seconds"] for x in side)
+            sides[name] = {"steps_timed": steps, "seconds": round(seconds, 3),
+                           "samples_per_s": round(steps * args.train_batch / seconds, 3),
+                           "samples_per_s_each": [x["samples_per_s"] for x in side]}
+        rows.append({"stage": stage, "batch_size": args.train_batch, "rounds": args.train_rounds,
+                     **{f"{m}_{k}": v for k in sides for m, v in sides[k].items()},
                      "ratio_loop_to_plain": round(sides["loop"]["samples_per_s"] / sides["plain"]["samples_per_s"], 3),
                      "records_used": task.stats["used"], "records_skipped": task.stats["skipped"]})
     return {"rows": rows, "target_ratio": 0.95}
@@ -264,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-tokens", type=int, default=16)
     parser.add_argument("--train-steps", type=int, default=6)
     parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--train-rounds", type=int, default=2, help="runs of each side, in ABBA order")
     parser.add_argument("--stage2-max-length", type=int, default=400)
     parser.add_argument("--records", type=int, default=12)
     parser.add_argument("--json", default=None)

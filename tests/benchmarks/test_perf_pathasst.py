@@ -18,7 +18,7 @@ def test_pathasst_benchmark_smoke(tmp_path, capsys):
     out = tmp_path / "bench.json"
     try:
         assert bench.main(["--tier", "tiny", "--new-tokens", "4", "--repeat", "1", "--server-requests", "1",
-                           "--server-tokens", "2", "--train-steps", "3", "--records", "4",
+                           "--server-tokens", "2", "--train-steps", "3", "--train-rounds", "1", "--records", "4",
                            "--stage2-max-length", "4096", "--json", str(out)]) == 0
     finally:
         reset_accelerate_state()
