@@ -17,7 +17,7 @@ never used to change the code) and per method (``geometry``, ``layout``):
 
 The documents are not in the repository. ``--docs DIR`` is where they are cached (default
 ``$PATHASST_CACHE/pdf-quality`` or ``~/.cache/pathasst/pdf-quality``); ``--fetch`` downloads the
-missing ones by package name and version from the Debian archive (``apt-get download``, then
+missing ones by package name and version from the distribution's package repository (``apt-get download``, then
 ``dpkg-deb -x``) and checks each PDF's sha256 against the data file. Without ``--fetch`` a missing
 document is reported and skipped, never silently counted.
 
@@ -76,7 +76,7 @@ def _sha256(path: Path) -> str:
 
 
 def fetch(doc: dict[str, Any], cache: Path) -> Path:
-    """Download ``doc``'s package from the Debian archive and copy its PDF into ``cache``.
+    """Download ``doc``'s package from the distribution's package repository and copy its PDF into ``cache``.
 
     Raises:
         RuntimeError: apt-get or dpkg-deb missing or failing, or a PDF whose sha256 differs.
