@@ -237,6 +237,8 @@ def render_instruct_card(cfg: InstructBuildConfig, stats: Mapping[str, Any], gat
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pathasst.dataset_builders.curate.split import add_output_arguments
+
     parser.description = (
         "Assemble the released PathInstruct from folders written by `generate instruct` (shards, or runs with "
         "other models or templates): each sample keeps its PathCap figure's split; repeated ids, filtered task "
@@ -246,23 +248,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="DIR | key=value",
                         help="PathInstruct folders written by generate instruct, and settings")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output PathInstruct folder")
+    add_output_arguments(parser, "output PathInstruct folder")
     parser.add_argument("--export-llava", metavar="FILE", help="also write LLaVA's JSON conversation format")
-    parser.add_argument("--recipe", help="YAML file with settings (key=value overrides win over it)")
-    parser.add_argument("--overwrite", action="store_true", help="start the output folder afresh")
-    parser.add_argument("--resume", action="store_true", help="continue a folder written with other settings")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathasst.config import load_config
-    from pathasst.dataset_builders.extract.common import parse_paths_and_overrides
+    from pathasst.dataset_builders.curate.split import parse_common
     from pathasst.subcommands import invoked_command
 
-    folders, overrides = parse_paths_and_overrides(list(args.inputs))
-    cfg = load_config(InstructBuildConfig, args.recipe, overrides)
-    cfg.inputs = [str(f) for f in folders]
+    folders, cfg = parse_common(args, InstructBuildConfig)
+    cfg.inputs = folders
     summary = build_instruct(folders, args.out, cfg, overwrite=args.overwrite, resume=args.resume,
                              progress=not args.no_progress, command=invoked_command("pathasst build instruct"),
                              export_llava=args.export_llava)

@@ -385,6 +385,8 @@ def render_pathcap_card(cfg: PathCapBuildConfig, stats: Mapping[str, Any], stage
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pathasst.dataset_builders.curate.split import add_output_arguments
+
     parser.description = (
         "Assemble the released PathCap dataset from curated PathCap folders: filter (caption length, "
         "pathology_score, licence), dedup across all sources, decontaminate against the benchmarks, then write "
@@ -398,22 +400,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmarks", nargs="+", default=[], metavar="BENCH",
                         help="benchmark dataset folders or Hub ids to decontaminate against (required unless "
                         "decontam.enabled=false)")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output PathCap folder")
-    parser.add_argument("--recipe", help="YAML file with settings (key=value overrides win over it)")
-    parser.add_argument("--overwrite", action="store_true", help="start the output folder afresh")
-    parser.add_argument("--resume", action="store_true", help="continue a folder written with other settings")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_output_arguments(parser, "output PathCap folder")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathasst.config import load_config
-    from pathasst.dataset_builders.extract.common import parse_paths_and_overrides
+    from pathasst.dataset_builders.curate.split import parse_common
     from pathasst.subcommands import invoked_command
 
-    datasets, overrides = parse_paths_and_overrides(list(args.inputs))
-    cfg = load_config(PathCapBuildConfig, args.recipe, overrides)
-    cfg.inputs = [str(d) for d in datasets]
+    datasets, cfg = parse_common(args, PathCapBuildConfig)
+    cfg.inputs = datasets
     cfg.benchmarks = [str(b) for b in args.benchmarks]
     summary = build_pathcap(datasets, args.out, cfg, overwrite=args.overwrite, resume=args.resume,
                             progress=not args.no_progress,

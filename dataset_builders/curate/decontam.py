@@ -392,14 +392,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PathCap dataset folders or Hub ids, and settings such as ngram=13")
     parser.add_argument("--benchmarks", nargs="+", required=True, metavar="BENCH",
                         help="benchmark dataset folders or Hub ids (all their splits are compared)")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
-                        help="output folder: the reports, and with remove=true the clean PathCap dataset")
-    parser.add_argument("--recipe", help="YAML file with settings (key=value overrides win over it)")
+    from pathasst.dataset_builders.curate.split import add_output_arguments
+
+    add_output_arguments(parser, "output folder: the reports, and with remove=true the clean PathCap dataset")
     parser.add_argument("--show", type=int, default=DEFAULT_SHOW, metavar="N",
                         help=f"print the first N contaminated records with their evidence (default {DEFAULT_SHOW})")
-    parser.add_argument("--overwrite", action="store_true", help="start the output folder afresh")
-    parser.add_argument("--resume", action="store_true", help="continue a folder written with other settings")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 

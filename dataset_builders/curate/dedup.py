@@ -372,13 +372,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="DATASET | key=value",
                         help="PathCap dataset folders or Hub ids, and settings such as max_distance=8")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output PathCap folder")
-    parser.add_argument("--recipe", help="YAML file with settings (key=value overrides win over it)")
+    from pathasst.dataset_builders.curate.split import add_output_arguments
+
+    add_output_arguments(parser, "output PathCap folder")
     parser.add_argument("--show", type=int, default=DEFAULT_SHOW, metavar="N",
                         help=f"print the first N removals with their reasons (default {DEFAULT_SHOW}; 0: none)")
-    parser.add_argument("--overwrite", action="store_true", help="start the output folder afresh")
-    parser.add_argument("--resume", action="store_true", help="continue a folder written with other settings")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 

@@ -367,15 +367,21 @@ def run_record_stage(
 # command line
 
 
+def add_output_arguments(parser: argparse.ArgumentParser, out_help: str = "output dataset folder") -> None:
+    """The options every stage that writes a dataset folder takes: --out, --recipe, --overwrite,
+    --resume, --no-progress."""
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help=out_help)
+    parser.add_argument("--recipe", help="YAML file with settings (key=value overrides win over it)")
+    parser.add_argument("--overwrite", action="store_true", help="start the output folder afresh")
+    parser.add_argument("--resume", action="store_true", help="continue a folder written with other settings")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="DATASET | key=value",
                         help="input PathCap dataset folder(s), and settings such as distribute=true")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output dataset folder")
-    parser.add_argument("--recipe", help="YAML file with settings (key=value overrides win over it)")
+    add_output_arguments(parser)
     parser.add_argument("--shard", metavar="K/N", help="process only the K-th of N disjoint parts of the records")
-    parser.add_argument("--overwrite", action="store_true", help="start the output folder afresh")
-    parser.add_argument("--resume", action="store_true", help="continue a folder written with other settings")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def parse_common(args: argparse.Namespace, schema: type) -> tuple[list[str], Any]:
@@ -385,7 +391,7 @@ def parse_common(args: argparse.Namespace, schema: type) -> tuple[list[str], Any
     from pathasst.inputs import require_paths
 
     datasets, overrides = parse_paths_and_overrides(list(args.inputs))
-    if args.shard is not None:
+    if getattr(args, "shard", None) is not None:  # stages without --shard have no such option
         overrides.append(f"shard={args.shard}")
     cfg = load_config(schema, args.recipe, overrides)
     require_paths(datasets, what="DATASET")

@@ -94,6 +94,6 @@ def test_bad_inputs_are_named(pathcap, tmp_path):  # noqa: F811
     rc, _, err = _cli("build", "instruct", str(pathcap), "--out", str(tmp_path / "x"))
     assert rc == 2 and "is not a PathInstruct folder" in err
     rc, _, err = _cli("build", "instruct", str(tmp_path / "missing"), "--out", str(tmp_path / "y"))
-    assert rc == 2 and "no such folder" in err
+    assert rc == 2 and f"DATASET not found: {tmp_path / 'missing'}" in err
     rc, _, err = _cli("build", "instruct", str(pathcap), "task_types=[poetry]", "--out", str(tmp_path / "z"))
     assert rc == 2 and "task_types" in err

@@ -236,4 +236,4 @@ def test_bad_input_and_bad_settings_name_the_problem(setup, tmp_path):
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(err):
         rc = main(["build", "pathcap", str(tmp_path / "missing"), "--out", str(tmp_path / "z"),
                    "--benchmarks", str(setup["bench"])])
-    assert rc == 2 and "no such folder" in err.getvalue()
+    assert rc == 2 and f"DATASET not found: {tmp_path / 'missing'}" in err.getvalue()
