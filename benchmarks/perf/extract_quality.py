@@ -23,6 +23,9 @@ document is reported and skipped, never silently counted.
 
     python -m pathasst.benchmarks.perf.extract_quality --fetch
     python -m pathasst.benchmarks.perf.extract_quality --methods geometry,layout --json out.json
+
+:func:`score` (with :func:`matches`) is the one scoring function of this check: ``pathasst bench
+run --task pdf_pairing`` calls it too, so keep its signature and returned keys.
 """
 
 from __future__ import annotations
