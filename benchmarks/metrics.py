@@ -14,6 +14,9 @@ and would not reproduce the numbers these papers report.
 
 Multiple choice: a letter parser after MMMU/PathMMU with a seeded random fallback.
 
+Compound-caption splitting: panel precision, recall and F1 with a word-F1 match of sub-captions
+(:func:`split_scores`), shared with ``benchmarks/perf/split_quality.py``.
+
 Confidence intervals: percentile bootstrap over items (:func:`bootstrap_ci`).
 """
 
@@ -357,6 +360,89 @@ def answer_letter(answer: str, options: Sequence[str]) -> str:
         if normalize_answer(o) == norm:
             return c
     raise ValueError(f"answer {answer!r} is neither a letter of {choices} nor the text of an option")
+
+
+# --- compound-caption splitting (component task caption_split_f1) -----------------------------
+# The one scoring of a caption splitter: `pathasst bench run --task caption_split_f1` and the
+# split-quality benchmark (benchmarks/perf/split_quality.py) both call these.
+
+
+def word_f1(a: str, b: str) -> float:
+    """F1 of the multisets of words of two texts (1.0 for two empty texts).
+
+    Words are those of the faithfulness check (:func:`pathasst.dataset_builders.curate.captions.words`):
+    case-folded runs of letters and runs of digits.
+    """
+    from pathasst.dataset_builders.curate.captions import words
+
+    wa, wb = Counter(words(a)), Counter(words(b))
+    if not wa and not wb:
+        return 1.0
+    common = sum((wa & wb).values())
+    if not common:
+        return 0.0
+    p, r = common / sum(wa.values()), common / sum(wb.values())
+    return 2 * p * r / (p + r)
+
+
+def _panel_key(label: Optional[str]) -> Optional[str]:
+    return None if label is None else label.strip().strip("()").casefold()
+
+
+def match_panels(pred: Sequence[tuple[Optional[str], str]], gold: Sequence[tuple[Optional[str], str]],
+                 threshold: float = 0.8) -> dict[str, int]:
+    """Counts for one caption: ``tp``, ``pred``, ``gold`` and ``label_tp``.
+
+    A predicted ``(label, sub-caption)`` panel is a true positive when an unused gold panel has the
+    same label (case-insensitive, parentheses stripped) and the best such panel's sub-caption has a
+    :func:`word_f1` of at least ``threshold`` with it. ``label_tp`` counts labels alone (multiset
+    intersection).
+    """
+    used: set[int] = set()
+    tp = 0
+    for label, text in pred:
+        best, best_j = -1.0, None
+        for j, (g_label, g_text) in enumerate(gold):
+            if j in used or _panel_key(g_label) != _panel_key(label):
+                continue
+            score = word_f1(text, g_text)
+            if score > best:
+                best, best_j = score, j
+        if best_j is not None and best >= threshold:
+            used.add(best_j)
+            tp += 1
+    pred_labels = Counter(_panel_key(label) for label, _ in pred)
+    gold_labels = Counter(_panel_key(label) for label, _ in gold)
+    return {"tp": tp, "pred": len(pred), "gold": len(gold),
+            "label_tp": sum((pred_labels & gold_labels).values())}
+
+
+def prf(tp: int, pred: int, gold: int) -> dict[str, float]:
+    """Precision (over ``pred``), recall (over ``gold``) and F1, rounded to 4 places; 0 when undefined."""
+    p = tp / pred if pred else 0.0
+    r = tp / gold if gold else 0.0
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
+
+
+def split_scores(predictions: dict[str, list[tuple[Optional[str], str]]], gold: Sequence[dict],
+                 threshold: float = 0.8) -> dict:
+    """Panel P/R/F1 (micro-averaged over captions), label P/R/F1 and exact-caption count.
+
+    Args:
+        predictions: caption id -> predicted ``(label, sub-caption)`` panels (a missing id: none).
+        gold: ``[{"id", "panels": [(label, sub-caption)]}]``, the hand splits.
+        threshold: the :func:`word_f1` a sub-caption needs to match.
+    """
+    totals: Counter = Counter()
+    exact = 0
+    for item in gold:
+        counts = match_panels(predictions.get(item["id"], []), item["panels"], threshold)
+        totals.update(counts)
+        exact += counts["tp"] == counts["gold"] == counts["pred"]
+    return {"panel": prf(totals["tp"], totals["pred"], totals["gold"]),
+            "label": prf(totals["label_tp"], totals["pred"], totals["gold"]),
+            "exact_captions": exact, "captions": len(gold), "panels_gold": totals["gold"],
+            "panels_pred": totals["pred"]}
 
 
 # --- confidence intervals ---------------------------------------------------------------------

@@ -39,11 +39,12 @@ import argparse
 import json
 import sys
 import time
-from collections import Counter
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from pathasst.benchmarks.metrics import match_panels, prf, split_scores, word_f1  # noqa: F401 - re-exported
 
 DATA_FILE = "real_compound_captions.yaml"
 
@@ -81,66 +82,9 @@ def load_heldout(path: Optional[str | Path] = None) -> list[dict[str, Any]]:
 # --- metric ---------------------------------------------------------------------------------------
 
 
-def word_f1(a: str, b: str) -> float:
-    """F1 of the multisets of words of two texts (1.0 for two empty texts)."""
-    from pathasst.dataset_builders.curate.captions import words
-
-    wa, wb = Counter(words(a)), Counter(words(b))
-    if not wa and not wb:
-        return 1.0
-    common = sum((wa & wb).values())
-    if not common:
-        return 0.0
-    p, r = common / sum(wa.values()), common / sum(wb.values())
-    return 2 * p * r / (p + r)
-
-
-def _key(label: Optional[str]) -> Optional[str]:
-    return None if label is None else label.strip().strip("()").casefold()
-
-
-def match_panels(pred: Sequence[tuple[Optional[str], str]], gold: Sequence[tuple[Optional[str], str]],
-                 threshold: float = 0.8) -> dict[str, int]:
-    """Counts for one caption: ``tp`` (label and sub-caption match), ``pred``, ``gold``,
-    ``label_tp`` (label alone), and ``text_f1_sum`` over gold panels (best same-label match)."""
-    used: set[int] = set()
-    tp = 0
-    for label, text in pred:
-        best, best_j = -1.0, None
-        for j, (g_label, g_text) in enumerate(gold):
-            if j in used or _key(g_label) != _key(label):
-                continue
-            score = word_f1(text, g_text)
-            if score > best:
-                best, best_j = score, j
-        if best_j is not None and best >= threshold:
-            used.add(best_j)
-            tp += 1
-    pred_labels = Counter(_key(label) for label, _ in pred)
-    gold_labels = Counter(_key(label) for label, _ in gold)
-    return {"tp": tp, "pred": len(pred), "gold": len(gold),
-            "label_tp": sum((pred_labels & gold_labels).values())}
-
-
-def prf(tp: int, pred: int, gold: int) -> dict[str, float]:
-    p = tp / pred if pred else 0.0
-    r = tp / gold if gold else 0.0
-    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
-
-
-def score(predictions: dict[str, list[tuple[Optional[str], str]]], heldout: list[dict[str, Any]],
-          threshold: float = 0.8) -> dict[str, Any]:
-    """Panel F1, label F1 and exact-caption rate of ``predictions`` (id -> panels)."""
-    totals = Counter()
-    exact = 0
-    for item in heldout:
-        counts = match_panels(predictions.get(item["id"], []), item["panels"], threshold)
-        totals.update(counts)
-        exact += counts["tp"] == counts["gold"] == counts["pred"]
-    return {"panel": prf(totals["tp"], totals["pred"], totals["gold"]),
-            "label": prf(totals["label_tp"], totals["pred"], totals["gold"]),
-            "exact_captions": exact, "captions": len(heldout), "panels_gold": totals["gold"],
-            "panels_pred": totals["pred"]}
+# word_f1, match_panels, prf and score are the suite's one sub-caption scoring, in
+# pathasst.benchmarks.metrics: `pathasst bench run --task caption_split_f1` calls the same functions.
+score = split_scores
 
 
 def rules_predictions(heldout: list[dict[str, Any]]) -> dict[str, list[tuple[Optional[str], str]]]:
