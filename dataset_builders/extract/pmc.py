@@ -4,7 +4,8 @@ Inputs, each one :class:`~pathasst.dataset_builders.extract.common.Unit` per art
 
 - an OA package (``PMC1234567.tar.gz``, as PMC serves them: the ``.nxml`` article and its
   graphics in one folder);
-- a folder, searched recursively for ``.nxml`` files (graphics beside them) and OA packages;
+- a folder, searched recursively for ``.nxml`` files, ``.xml`` files that are JATS articles (as
+  PLOS ships them), their graphics beside them, and OA packages;
 - ``pmcid:PMC1234567`` (``--pmcid`` on the command line): the package link is asked of the PMC OA
   web service (``oa.fcgi?id=...``), the package downloaded with retries and cached in ``work_dir``.
 
@@ -374,6 +375,7 @@ class ArticleMeta:
     year: Optional[int] = None
     article_type: Optional[str] = None
     license: Optional[License] = None
+    license_from: Optional[str] = None  # "copyright-statement" when no <license> states it
 
 
 def _licence_of(permissions: Optional[ET.Element]) -> Optional[License]:
@@ -405,6 +407,39 @@ def _licence_of(permissions: Optional[ET.Element]) -> Optional[License]:
     return (cc or found or [None])[0]
 
 
+_OPEN_LICENCE_WORDS = re.compile(r"creative\s*commons|creativecommons\.org|\bCC[\s\-]?(?:BY|0)\b", re.IGNORECASE)
+
+
+def _licence_in_statements(holders: list[Optional[ET.Element]]) -> Optional[License]:
+    """A Creative Commons licence named in a ``<copyright-statement>`` of ``holders``, else None.
+
+    Older articles (NLM Archiving DTD 2.x, PLoS ONE 2007 for one) have no ``<license>``: the
+    statement says "distributed under the terms of the Creative Commons Attribution License". Only
+    a statement naming a Creative Commons licence counts; "(c) 2010 The Authors" is no licence.
+    """
+    for holder in holders:
+        if holder is None:
+            continue
+        for statement in holder.findall("copyright-statement"):
+            text = _flatten(statement)
+            if not _OPEN_LICENCE_WORDS.search(text):
+                continue
+            links = [_href(e) for e in statement.iter() if _local(e.tag) in ("ext-link", "uri")]
+            url = next((u for u in links if u and "creativecommons.org" in u), None)
+            found = _CC_PHRASE.search(text)
+            return normalize_license(found[0] if found else text, url)
+    return None
+
+
+# the licence's own words inside a longer statement ("This is an open-access article distributed
+# under the terms of the Creative Commons Attribution License, which permits ...")
+_CC_PHRASE = re.compile(
+    r"creative\s+commons\s+(?:attribution[\w\s\-.]*?licen[cs]e|CC0|zero)(?:[^.,;]*?\b\d\.\d\b)?"
+    r"|\bCC[\s\-]?(?:BY(?:[\s\-](?:NC|SA|ND))*|0)\b(?:[\s\-]*\d\.\d)?",
+    re.IGNORECASE,
+)
+
+
 def article_meta(root: ET.Element) -> ArticleMeta:
     """Ids, journal, year, type and licence from the article's ``<front>``."""
     meta = ArticleMeta(article_type=root.get("article-type"))
@@ -430,6 +465,9 @@ def article_meta(root: ET.Element) -> ArticleMeta:
                 years.setdefault(kind, int(found[0]))
         meta.year = next((years[k] for k in _DATE_TYPES if k in years), next(iter(years.values()), None))
         meta.license = _licence_of(am.find("permissions"))
+        if meta.license is None:
+            meta.license = _licence_in_statements([am.find("permissions"), am])
+            meta.license_from = "copyright-statement" if meta.license is not None else None
     if jm is not None:
         title = jm.find("journal-title-group/journal-title")
         if title is None:
@@ -568,6 +606,10 @@ def resolve_graphic(href: str, base: str, files: _Files) -> str:
     Raises:
         PmcRejected: a remote link, a path leaving the package, or no such file.
     """
+    if href.lower().startswith("info:doi/"):
+        # PLOS writes its graphics as DOI URIs (info:doi/10.1371/journal.pone.0080518.g001), and
+        # names the files after the DOI's last segment (journal.pone.0080518.g001.tif)
+        href = href[len("info:doi/"):].rstrip("/").rsplit("/", 1)[-1]
     if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", href) or href.lower().startswith(("data:", "file:")):
         raise PmcRejected(f"remote graphic: '{href}' is a link, not a file in the package (not fetched)")
     rel = urllib.parse.unquote(href).replace("\\", "/")
@@ -904,12 +946,25 @@ def _file_unit(path: Path, root: Path) -> Unit:
     return Unit(key, {"kind": "nxml", "path": str(path), "root": str(root)}, label=path.name)
 
 
+_JATS_HEAD = re.compile(rb"<!DOCTYPE\s+article\b|<article[\s>]")
+
+
+def _is_jats_xml(path: Path) -> bool:
+    """Is ``path`` (an ``.xml`` file) a JATS article? Publishers (PLOS, eLife) ship them as ``.xml``."""
+    try:
+        with open(path, "rb") as fh:
+            return _JATS_HEAD.search(fh.read(1 << 16)) is not None
+    except OSError:
+        return False
+
+
 def _walk(folder: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(folder):  # symbolic links to folders are not followed
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            if name.lower().endswith(".nxml") or _is_package(path):
+            lower = name.lower()
+            if lower.endswith(".nxml") or _is_package(path) or (lower.endswith(".xml") and _is_jats_xml(path)):
                 yield path
 
 
@@ -1049,6 +1104,8 @@ def extract_article(article: Article, cfg: PmcConfig, result: UnitResult, unit_k
         }
         if scope != "article":
             record_meta["license_from"] = scope
+        elif meta.license_from:
+            record_meta["license_from"] = meta.license_from
         if repair:
             record_meta["text_repaired"] = repair
         try:

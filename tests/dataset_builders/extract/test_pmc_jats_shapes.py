@@ -1,0 +1,105 @@
+"""JATS shapes found in real articles by the JATS quality benchmark, as generated regression fixtures.
+
+* PLOS ships its articles as ``.xml`` (not ``.nxml``) and writes graphics as DOI URIs
+  (``xlink:href="info:doi/10.1371/journal.pone.0080518.g001"``), the file named after the DOI's last
+  segment: a folder of such articles gave no unit at all, and the graphic never resolved.
+* Older articles (NLM Archiving DTD 2.x) state the licence only in a ``<copyright-statement>``, with
+  no ``<permissions>``/``<license>``: every figure went to the ledger for want of a licence.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pathasst.config import load_config
+from pathasst.dataset_builders.extract import pmc
+from pathasst.testing.images import tissue_tile, to_bytes
+from pathasst.testing.jats import JatsFigure, make_jats_article
+
+
+def run_folder(folder: Path, *overrides: str):
+    cfg = load_config(pmc.SOURCE.config, None, list(overrides))
+    units = list(pmc.SOURCE.iter_units([str(folder)], cfg))
+    results = [pmc.SOURCE.extract_unit(unit, cfg) for unit in units]
+    return units, [r for res in results for r in res.records], [j for res in results for j in res.rejects]
+
+
+def plos_figures(doi_suffix: str) -> list[JatsFigure]:
+    return [
+        JatsFigure(f"{doi_suffix}.g00{i}", f"Fig {i}", f"Panel {i} of a compound figure.", [f"(A) Left. (B) Right {i}."],
+                   graphic=f"info:doi/10.1371/{doi_suffix}.g00{i}")
+        for i in (1, 2)
+    ]
+
+
+def test_folder_of_plos_xml_articles_with_info_doi_graphics(tmp_path):
+    folder = tmp_path / "plos"
+    folder.mkdir()
+    xml = make_jats_article("PMC4000001", plos_figures("journal.pone.0000001"), doi="10.1371/journal.pone.0000001")
+    (folder / "journal.pone.0000001.xml").write_text(xml, encoding="utf-8")
+    (folder / "journal.pone.0000001.g001.tif").write_bytes(to_bytes(tissue_tile(64, 1), "TIFF"))
+    (folder / "journal.pone.0000001.g002.png").write_bytes(to_bytes(tissue_tile(64, 2), "PNG"))
+    (folder / "catalog.xml").write_text("<?xml version='1.0'?><catalog><entry/></catalog>", encoding="utf-8")
+
+    units, records, rejects = run_folder(folder)
+
+    assert [u.label for u in units] == ["journal.pone.0000001.xml"]  # the JATS .xml, not the catalog
+    assert rejects == []
+    assert [json.loads(r["meta"])["graphic"] for r in records] == [
+        "journal.pone.0000001.g001.tif", "journal.pone.0000001.g002.png"]
+    assert [r["figure_label"] for r in records] == ["Fig 1", "Fig 2"]
+    assert records[0]["caption_raw"] == "Panel 1 of a compound figure.\n(A) Left. (B) Right 1."
+
+
+def test_info_doi_href_resolves_to_the_doi_suffix_and_stays_in_the_package():
+    class Files(pmc._Files):
+        def __init__(self, names):
+            self.names = names
+
+        def exists(self, name):
+            return name if name in self.names else None
+
+    files = Files({"PMC1/journal.pbio.0020334.g001.jpg"})
+    assert pmc.resolve_graphic("info:doi/10.1371/journal.pbio.0020334.g001", "PMC1", files) == \
+        "PMC1/journal.pbio.0020334.g001.jpg"
+    try:
+        pmc.resolve_graphic("info:doi/10.1371/journal.pbio.0020334.g009", "PMC1", files)
+    except pmc.PmcRejected as exc:
+        assert exc.reason.startswith("missing graphic") and "journal.pbio.0020334.g009" in exc.reason
+    else:
+        raise AssertionError("a missing info:doi graphic must be rejected")
+
+
+def with_copyright_statement(xml: str, statement: str) -> str:
+    assert "</article-meta>" in xml and "<permissions>" not in xml
+    return xml.replace("</article-meta>", f"<copyright-statement>{statement}</copyright-statement></article-meta>", 1)
+
+
+def test_licence_stated_only_in_the_copyright_statement(tmp_path):
+    figs = [JatsFigure("F1", "Figure 1", "Granuloma.", ["Epithelioid histiocytes."], graphic="gr1")]
+    old = with_copyright_statement(
+        make_jats_article("PMC4000002", figs, license=None),
+        "Tenaillon et al. This is an open-access article distributed under the terms of the Creative Commons "
+        "Attribution License, which permits unrestricted use, distribution, and reproduction in any medium.")
+    plain = with_copyright_statement(make_jats_article("PMC4000003", figs, license=None), "&#169; 2007 The Authors")
+    for name, xml in (("a", old), ("b", plain)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "article.nxml").write_text(xml, encoding="utf-8")
+        (tmp_path / name / "gr1.jpg").write_bytes(to_bytes(tissue_tile(64, 3), "JPEG"))
+
+    _, records, rejects = run_folder(tmp_path)
+
+    assert [(r["source_id"], r["license"], r["noncommercial"]) for r in records] == [("PMC4000002", "CC BY", False)]
+    assert json.loads(records[0]["meta"])["license_from"] == "copyright-statement"
+    # a copyright line that names no licence is no licence: the figure goes to the ledger
+    assert [(item, reason.split(":")[0]) for item, reason, _ in rejects] == [("PMC4000003/F1", "no licence")]
+
+
+def test_noncommercial_licence_in_a_copyright_statement_is_flagged():
+    root = pmc.parse_xml(with_copyright_statement(
+        make_jats_article("PMC4000004", license=None),
+        "Distributed under the Creative Commons Attribution-NonCommercial 3.0 License, which permits "
+        "non-commercial use.").encode("utf-8"))[0]
+    meta = pmc.article_meta(root)
+    assert (meta.license.name, meta.license.noncommercial, meta.license_from) == ("CC BY-NC 3.0", True, "copyright-statement")
