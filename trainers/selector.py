@@ -23,12 +23,14 @@ augmentation is made a function of ``(seed, epoch, position in the epoch)``: the
 seed, so a resumed run draws the same crops and jitters as an uninterrupted one, with any number of
 loader workers.
 
-Early stopping. The loop has no stop signal; a task may only return metrics from ``evaluate``. The
-task therefore ends the run by lowering ``args.max_steps`` to the current step inside
-``evaluate``: the loop then checkpoints that step (``step == max_steps``), leaves its loop and
-exports, exactly as at a normal end (the learning-rate schedule was built from the configured
-length and does not change). On resume, the patience state is rebuilt by replaying the
-checkpoint's ``eval_history``; a run that had already stopped is not trained further.
+Early stopping. ``evaluate`` updates the patience state (:class:`EarlyStopping`) and the loop's
+``should_stop`` hook reads it: when validation ``early_stopping_metric`` has not improved for
+``early_stopping_patience`` evaluations, the loop checkpoints that step with ``stopped_at`` in its
+``trainer_state.json``, leaves its loop and exports, as at a normal end. ``max_steps`` is never
+changed, so the learning-rate schedule and ``train_summary.json`` keep the configured length next to
+the step the run stopped at (``max_steps``, ``final_step``, ``stopped_at``). On resume, the patience
+state is rebuilt by replaying the checkpoint's ``eval_history``; a run whose checkpoint says it
+stopped is not trained further (the loop reads ``stopped_at``), only exported again.
 
 Export (``output_dir/model``) is timm's Hub layout: ``config.json`` (``architecture``,
 ``num_classes``, ``label_names``, ``model_args``, ``pretrained_cfg`` with mean, std, input size,
@@ -1134,6 +1136,7 @@ class SelectorTask(TrainTask):
         self.evals_done = 0
         self.data_config: Optional[dict[str, Any]] = None
         self.configured_max_steps = cfg.max_steps
+        self.is_main = True  # logging in should_stop (which has no accelerator): set by evaluate
         self.best_dir = Path(cfg.output_dir) / BEST_DIR
 
     # --- data ------------------------------------------------------------------------------
@@ -1230,6 +1233,7 @@ class SelectorTask(TrainTask):
         return checkpoint
 
     def evaluate(self, model, accelerator):
+        self.is_main = accelerator.is_main_process
         self.evals_done += 1
         start = self.start_step or 0
         step = (start // self.cfg.eval_every + self.evals_done) * self.cfg.eval_every
@@ -1240,16 +1244,23 @@ class SelectorTask(TrainTask):
         improved = self.stopper.update(step, result)
         if improved and self.cfg.export_best:
             self._save_best(model, accelerator, step, result)
-        if self.stopper.stopped_at == step:
-            # No stop signal in the loop: ending the run at this step makes it checkpoint and export.
-            self.cfg.max_steps = step
-            if accelerator.is_main_process:
-                logger.info(
-                    "early stopping at step %d: %s has not improved for %d evaluations (best %.5g at step %s)",
-                    step, self.cfg.early_stopping_metric, self.stopper.bad_evals, self.stopper.best or float("nan"),
-                    self.stopper.best_step,
-                )
         return result
+
+    def should_stop(self, step: int, metrics: Mapping[str, Any]) -> bool:
+        """True once the patience is spent (set by the evaluation just made); the loop then
+        checkpoints this step, records ``stopped_at`` and exports."""
+        stopped = self.stopper.stopped_at
+        if stopped is None:
+            return False
+        if stopped != step:  # evaluate() numbers evaluations itself; the two must agree
+            logger.warning("early stopping recorded step %d, the loop is at step %d", stopped, step)
+        if self.is_main:
+            logger.info(
+                "early stopping at step %d: %s has not improved for %d evaluations (best %.5g at step %s)",
+                step, self.cfg.early_stopping_metric, self.stopper.bad_evals, self.stopper.best or float("nan"),
+                self.stopper.best_step,
+            )
+        return True
 
     def predict_validation(self, model, accelerator) -> tuple["torch.Tensor", "torch.Tensor", float]:
         """Softmax probabilities and targets of the validation images (undecodable ones left out),
@@ -1498,13 +1509,7 @@ def train_selector(cfg: SelectorConfig) -> tuple[TrainResult, SelectorTask]:
 
     original = copy.deepcopy(cfg)  # what config.yaml and the config hash describe
     task = SelectorTask(cfg)
-    task.prepare_resume()
-    stopped = task.stopper.stopped_at
-    if stopped is not None and stopped <= (task.start_step or 0):
-        # The run already stopped early: no more training, only (re-)export from that checkpoint.
-        logger.info("run in %s stopped early at step %d; exporting without training further", cfg.output_dir, stopped)
-        cfg.max_steps = task.start_step
-        cfg.warmup_steps = min(cfg.warmup_steps, cfg.max_steps)
+    task.prepare_resume()  # patience state replayed; a stopped run's checkpoint holds stopped_at
     return train(task, cfg, config=original), task
 
 

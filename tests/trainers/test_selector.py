@@ -23,6 +23,7 @@ pytest.importorskip("accelerate")
 skdata = pytest.importorskip("skimage.data")
 
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 from pathasst.trainers import loop, registry  # noqa: E402
 from pathasst.trainers import selector as sel  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -493,11 +494,40 @@ def test_early_stopping_ends_the_run_and_a_rerun_does_not_train_further(image_fo
     assert [p.name for p in loop.list_checkpoints(tmp_path)] == ["step-4"]
     meta = json.loads((tmp_path / "model" / "config.json").read_text())["pathasst"]
     assert meta["early_stopping"]["stopped_at"] == 4 and meta["best_step"] == 2 and meta["configured_max_steps"] == 40
+    # the stop goes through the loop's should_stop hook: max_steps stays as configured, and the
+    # summary and the checkpoint say where the run stopped
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert (summary["max_steps"], summary["final_step"], summary["stopped_at"]) == (40, 4, 4)
+    state = json.loads((tmp_path / "checkpoints" / "step-4" / loop.STATE_FILE).read_text())
+    assert state["stopped_at"] == 4
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["max_steps"] == 40
     loop.reset_accelerate_state()
     again, _ = sel.train_selector(tiny_config(image_folder, tmp_path, **keys))
     assert (again.start_step, again.final_step) == (4, 4)
     assert [p.name for p in loop.list_checkpoints(tmp_path)] == ["step-4"]
     assert (tmp_path / "model" / "model.safetensors").is_file()
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert (summary["max_steps"], summary["final_step"], summary["stopped_at"]) == (40, 4, 4)
+
+
+def test_a_run_resumed_before_its_early_stop_stops_at_the_same_step_with_the_same_weights(image_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    keys = dict(max_steps=40, batch_size=4, eval_every=2, save_every=2, early_stopping_patience=1,
+                early_stopping_min_delta=1.0, warmup_steps=10, export_best="false")
+    whole, _ = sel.train_selector(tiny_config(image_folder, tmp_path / "whole", **keys))
+    loop.reset_accelerate_state()
+    cut_cfg = tiny_config(image_folder, tmp_path / "cut", **keys)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(_Interrupted(cut_cfg, after=3), cut_cfg)  # killed during step 4, checkpoint at 2
+    loop.reset_accelerate_state()
+    resumed, task = sel.train_selector(tiny_config(image_folder, tmp_path / "cut", **keys))
+    assert (whole.final_step, resumed.start_step, resumed.final_step, task.stopper.stopped_at) == (4, 2, 4, 4)
+    a = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((tmp_path / "cut" / "train_summary.json").read_text())
+    assert (summary["max_steps"], summary["final_step"], summary["stopped_at"]) == (40, 4, 4)
 
 
 def test_dataset_with_label_column_and_validation_split(tmp_path):
