@@ -32,10 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "DESIGN.md §4) and DIR/details.jsonl (id, label, prediction, score per item) and prints "
                        "every metric with its bootstrap 95%% interval.")
     p.add_argument("--task", required=True, help="task name (`pathasst bench list`)")
-    p.add_argument("--model", required=True,
+    p.add_argument("--model",
                    help="local-dir:PATH or hf-hub:ID (open_clip), a CLIPModel or image-text-to-text folder, "
-                   "or endpoint:MODEL with --base-url")
-    p.add_argument("--dataset", help="local copy of the task's data (dataset folder, ImageFolder or image-text folder)")
+                   "or endpoint:MODEL with --base-url; component tasks: a selector export (selector_auroc), a "
+                   "detector .pt or run folder (subfig_map), rules / a splitter folder / an endpoint "
+                   "(caption_split_f1), geometry or layout (pdf_pairing, default geometry)")
+    p.add_argument("--dataset", help="local copy of the task's data (dataset folder, ImageFolder or image-text folder; "
+                   "subfig_map: PathSubfig or YOLO data; caption_split_f1: a folder or hand-split YAML, default the "
+                   "shipped real captions; pdf_pairing: PDFs + annotations.yaml)")
     p.add_argument("--split", help="split to evaluate (default: the task's)")
     p.add_argument("--dataset-revision", help="Hub revision to load and record")
     p.add_argument("--out", required=True, help="output folder")
@@ -95,23 +99,27 @@ def _load_class_names(path: str | None):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pathasst.benchmarks import runner
+    from pathasst.benchmarks import components, runner
     from pathasst.benchmarks.adapters import load_model
     from pathasst.benchmarks.data import load_eval_data
     from pathasst.benchmarks.registry import get_task
-    from pathasst.benchmarks.results import SUITE_VERSION, make_records, write_results
     from pathasst.errors import ConfigError, OutputError
-    from pathasst.subcommands import invoked_command
 
     task = get_task(args.task)
     runner.check_runnable(task)
     if task.generic and not args.dataset:
         raise ConfigError(f"task {task.name} is generic: pass the folder with --dataset")
+    if not args.model:
+        if not task.raw.get("default_model"):
+            raise ConfigError(f"task {task.name}: --model is required (the model to score)")
+        args.model = str(task.raw["default_model"])
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"--out {out}: cannot create it ({exc})") from None
+    if components.handles(task):
+        return _run_component(args, task, out)
     class_names = _load_class_names(args.class_names)
     columns = {"text": args.text_column} if args.text_column else None
     data = load_eval_data(task, args.dataset, split=args.split, revision=args.dataset_revision, columns=columns)
@@ -141,15 +149,28 @@ def _run(args: argparse.Namespace) -> int:
         "split": data.split, "limit": args.limit, "bootstrap": args.bootstrap, "seed": args.seed,
         "class_names": class_names, "columns": columns,
     }
-    records = make_records(task, adapter.model_id, adapter.revision, data, result.estimates, seed=args.seed, config=config)
     leakage = None
     if args.train_data:
         from pathasst.benchmarks.leakage import leakage_report
 
         leakage = leakage_report(task, data, args.train_data)
+    return _record_and_print(args, task, out, adapter.model_id, adapter.revision, data, result, config, leakage)
+
+
+def _record_and_print(args, task, out: Path, model_id, model_revision, data, result, config, leakage) -> int:
+    """Write results.json (records + run info) and print every metric with its interval."""
+    from pathasst.benchmarks.results import SUITE_VERSION, make_records, write_results
+    from pathasst.subcommands import invoked_command
+
+    details_path = out / "details.jsonl"
+    records = make_records(task, model_id, model_revision, data, result.estimates, seed=args.seed, config=config)
+    warnings = []
+    if not data.revision and not str(data.dataset_id).startswith("local:"):
+        warnings.append(f"dataset revision not pinned: {data.dataset_id} as loaded today; the Hub copy may change "
+                        "(pass --dataset-revision to load and record one)")
     run_info = {"command": invoked_command("pathasst bench run"), "suite_version": SUITE_VERSION, "config": config,
                 "n_items": len(data.ds), "n_rows_before_select": data.n_total, "counts": result.counts,
-                "leakage": leakage}
+                "leakage": leakage, "warnings": warnings}
     path = write_results(out, records, run_info)
     w = max(len(m) for m in task.metrics)
     for rec in records:
@@ -161,8 +182,39 @@ def _run(args: argparse.Namespace) -> int:
     if leakage is not None:
         print(f"  leakage: {leakage['near_duplicate_items']} of {leakage['items']} evaluation items are near-duplicates "
               f"of training records ({leakage['by_image']} by image, {leakage['by_text']} by text)")
+    for warning in warnings:
+        print(f"  warning: {warning}")
     print(f"wrote {path} and {details_path}")
     return 0
+
+
+def _run_component(args: argparse.Namespace, task, out: Path) -> int:
+    """``bench run`` of subfig_map, caption_split_f1 and pdf_pairing (benchmarks/components.py)."""
+    from pathasst.benchmarks.components import run_component
+    from pathasst.errors import ConfigError
+
+    if args.train_data:
+        raise ConfigError(f"--train-data: task {task.name} scores a pipeline component, not a model trained on "
+                          "image-text records; leakage is not measured for it")
+    details_path = out / "details.jsonl"
+
+    def write_details(details):
+        with open(details_path, "w") as fh:
+            fh.writelines(json.dumps(d, ensure_ascii=False, default=str) + "\n" for d in details)
+
+    print(f"bench run: {task.name} ({task.kind}: {task.raw.get('component')}, {task.task_version}); "
+          f"model {args.model}", flush=True)
+    run = run_component(task, model=args.model, dataset=args.dataset, split=args.split, limit=args.limit,
+                        n_boot=args.bootstrap, seed=args.seed, device=args.device, base_url=args.base_url,
+                        batch_size=args.batch_size, on_details=write_details)
+    write_details(run.output.details)
+    config = {
+        "task": task.name, "task_version": task.task_version, "model": run.model_id,
+        "model_revision": run.model_revision, "dataset": run.data.dataset_id, "dataset_revision": run.data.revision,
+        "split": run.data.split, "limit": args.limit, "bootstrap": args.bootstrap, "seed": args.seed,
+    }
+    print(f"  {run.data.dataset_id} [{run.data.split}], {len(run.data.ds)} items; model {run.model_id}")
+    return _record_and_print(args, task, out, run.model_id, run.model_revision, run.data, run.output, config, None)
 
 
 def _with_columns(task, columns):

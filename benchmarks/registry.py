@@ -48,9 +48,10 @@ KIND_COLUMNS: dict[str, tuple[str, ...]] = {
 _REQUIRED = ("name", "version", "kind", "title", "dataset", "columns", "metrics", "notes")
 _OPTIONAL = (
     "classes", "prompts", "prompt", "generation", "select", "parser", "citation", "generic", "component",
-    "positive_labels", "class_names_note", "runner",
+    "positive_labels", "class_names_note", "runner", "default_model", "match_threshold",
 )
-_DATASET_KEYS = ("id", "config", "revision", "revision_note", "split", "split_note")
+# packaged: ``package:relative/path`` of a data file shipped with pathasst, the task's default local data
+_DATASET_KEYS = ("id", "config", "revision", "revision_note", "split", "split_note", "packaged")
 
 
 @dataclass(frozen=True)

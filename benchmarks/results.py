@@ -19,7 +19,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from pathasst import __version__
 from pathasst.errors import ConfigError, InputError, RecordError
@@ -191,7 +191,11 @@ def check_submission(path: Path) -> Check:
                 out.failures.append(f"{where}: dataset_revision {rec.get('dataset_revision')} is not the task's "
                                     f"pinned revision {pinned}")
             elif not rec.get("dataset_revision"):
-                out.warnings.append(f"{where}: no dataset_revision: the Hub data may have changed since")
+                out.warnings.append(f"{where}: no dataset_revision (unpinned): the Hub data may have changed since; "
+                                    "not comparable with results on a recorded revision")
+            elif hub_id and not pinned:
+                out.warnings.append(f"{where}: task {task.name} pins no dataset revision; this result used "
+                                    f"{rec['dataset_revision']}: compare it only with results on the same revision")
             v = rec["value"]
             if not math.isfinite(v):
                 out.failures.append(f"{where}: value is {v}")

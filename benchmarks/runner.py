@@ -285,7 +285,9 @@ def run(task, adapter, data: EvalData, **kwargs) -> RunOutput:
 
 def check_runnable(task) -> None:
     """Raise :class:`NotLandedError` for a registered task without a runner, before any data is read."""
-    if task.kind == "component" and task.raw.get("component") != "selector":
+    from pathasst.benchmarks.components import COMPONENTS
+
+    if task.kind == "component" and task.raw.get("component") not in ("selector", *COMPONENTS):
         from pathasst.errors import NotLandedError
 
         raise NotLandedError(f"task {task.name} ({task.raw.get('component')}) has no runner yet; the task is "

@@ -122,6 +122,23 @@ def valid_results(tmp_path_factory, open_clip_dir):
     return (out / "results.json").read_text()
 
 
+def test_validate_warns_on_unpinned_dataset_revisions(tmp_path, valid_results, capsys):
+    res = json.loads(valid_results)
+    path = tmp_path / "results.json"
+    for rec in res["records"]:
+        rec.update(dataset_id="1aurent/NCT-CRC-HE", dataset_revision=None)  # scored on the Hub copy, latest
+    path.write_text(json.dumps(res))
+    capsys.readouterr()
+    assert main(["bench", "validate", str(path)]) == 0  # a warning, never a failure
+    out = capsys.readouterr().out
+    assert out.count("no dataset_revision (unpinned)") == 3 and "valid: 3 record(s)" in out
+    for rec in res["records"]:
+        rec.update(dataset_revision="0" * 40)  # a revision recorded, but the task pins none
+    path.write_text(json.dumps(res))
+    assert main(["bench", "validate", str(path)]) == 0
+    assert capsys.readouterr().out.count("pins no dataset revision") == 3
+
+
 @pytest.mark.parametrize("tamper, reason", [
     (lambda r: r["records"][0].update(task_version="1+00000000"), "is not the registry's"),
     (lambda r: r["records"][1].update(value=1.3), "is impossible"),
@@ -230,10 +247,10 @@ def test_selector_auroc_component(tmp_path, capsys):
     y = [d["label"] == "pathology" for d in details]
     assert recs["auroc"]["value"] == pytest.approx(M.auroc(y, [d["score"] for d in details]), abs=1e-5)
     assert set(recs) == {"auroc", "accuracy", "balanced_accuracy", "weighted_f1"}
-    # the other component tasks are registered but say plainly that they cannot run yet
+    # a selector is not a detector: the subfig_map runner names what the folder is
     assert main(["bench", "run", "--task", "subfig_map", "--model", str(folder), "--dataset", str(data),
                  "--out", str(tmp_path / "o2")]) == 2
-    assert "has no runner yet" in capsys.readouterr().err
+    assert "not an ultralytics YOLO detector" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("task, message", [
