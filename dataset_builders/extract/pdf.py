@@ -197,6 +197,7 @@ class _Line:
     font: str
     block: int
     spans: tuple = ()  # ((bbox, text), ...): what the subfigure stage reads panel letters from
+    dir: tuple = (1.0, 0.0)  # writing direction: (0, -1) for text set bottom to top (a sideways float)
 
 
 @dataclasses.dataclass
@@ -232,6 +233,30 @@ class _Caption:
     @property
     def text(self) -> str:
         return "\n".join(p.text for p in self.paras)
+
+    def reading_side(self, side: str) -> str:
+        """``side`` (where the caption sits on the page) as the reader of the caption sees it: a
+        sideways float (figure and caption turned a quarter, the caption set bottom to top) has
+        its caption on the right of the page and below the figure once the page is turned."""
+        return _TURNED.get(self.paras[0].lines[0].dir, {}).get(side, side)
+
+    def to_reading(self, b: Box) -> Box:
+        """Box ``b`` in the frame of a reader of this caption (the page turned for a sideways
+        caption; unchanged for a caption set left to right)."""
+        d = self.paras[0].lines[0].dir
+        if d == (0, -1):  # turned clockwise: the page's right is the reader's bottom
+            return (-b[3], b[0], -b[1], b[2])
+        if d == (0, 1):  # turned anticlockwise: the page's left is the reader's bottom
+            return (b[1], -b[2], b[3], -b[0])
+        return b
+
+
+# Page side -> reading side for captions written bottom to top (the page is turned clockwise to
+# read them) and top to bottom (turned anticlockwise).
+_TURNED = {
+    (0, -1): {"right": "below", "left": "above", "above": "right", "below": "left"},
+    (0, 1): {"right": "above", "left": "below", "above": "left", "below": "right"},
+}
 
 
 @dataclasses.dataclass
@@ -309,7 +334,8 @@ def _text_lines(page: Any) -> list[_Line]:
                 continue
             main = max(spans, key=lambda s: len(s["text"].strip()))
             new = _Line(tuple(line["bbox"]), text.rstrip(), round(main["size"], 1), main["font"], b,
-                        tuple((tuple(sp["bbox"]), sp["text"].strip()) for sp in spans if sp["text"].strip()))
+                        tuple((tuple(sp["bbox"]), sp["text"].strip()) for sp in spans if sp["text"].strip()),
+                        tuple(round(v) for v in line.get("dir", (1.0, 0.0))))
             prev = lines[-1] if lines else None
             if (prev is not None and prev.block == b and new.bbox[0] >= prev.bbox[2] - 1.0
                     and new.bbox[0] - prev.bbox[2] < 4 * max(new.size, 1.0)
@@ -389,14 +415,23 @@ def _cluster(boxes: list[Box], tol: float) -> list[list[int]]:
     return list(groups.values())
 
 
-def _runs_along(line: Box, region: Box) -> bool:
+_TICKS = re.compile(r"[\d\s.,:%+\-\u2212\u2013eE/()]+")
+
+
+def _runs_along(line: Box, region: Box, text: str = "", share: float = 0.6) -> bool:
     """A line of body text rather than a label of the drawing: a horizontal line wider than 0.6 of
     the region, or a vertical one (text on a page turned by its /Rotate) longer than the region is
-    tall; a y-axis title or a column of tick labels is vertical and shorter than its axis."""
+    tall; a y-axis title or a column of tick labels is vertical and shorter than its axis. A row of
+    numbers is tick labels however wide it runs (a map's "4100 4200 ... 4600" set as one line
+    spans its whole axis): body text is words. ``share``: the 0.6 (of the region's width) for
+    text in the body's font, more for text in the figure's own label font (a narrow panel's
+    "Time (months)" runs nearly as wide as the panel)."""
+    if text and _TICKS.fullmatch(text.strip()) and re.search(r"\d", text):
+        return False
     w, h = line[2] - line[0], line[3] - line[1]
     if h > w:
         return h > region[3] - region[1]
-    return w > 0.6 * (region[2] - region[0])
+    return w > share * (region[2] - region[0])
 
 
 def _visible_drawings(page: Any) -> list[dict]:
@@ -462,20 +497,36 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
     for para in paras:
         sizes[para.size] = sizes.get(para.size, 0) + len(para.text)
     body_size = max(sizes, key=sizes.get) if sizes else 0.0
+    fonts: dict[str, int] = {}
+    for para in paras:
+        for ln in para.lines:
+            fonts[ln.font] = fonts.get(ln.font, 0) + len(ln.text)
+    body_font = max(fonts, key=fonts.get) if fonts else ""
     for region in regions:
         # Grow by paragraphs of short lines that touch the region: tick labels, axis titles,
         # legends. Body text (lines as wide as the region or wider) and captions stay out.
         for _ in range(3):
             grown = region
+            # The fonts of the labels already taken (the plotting program's Helvetica, say):
+            # more text in one of them, not the body's font, is more of the figure's labelling.
+            own = {ln.font for p in paras for ln in p.lines if _contains(grown, ln.bbox)} - {body_font}
             for k, para in enumerate(paras):
                 pb = para.bbox
                 # An axis title sits a line below the tick labels: text smaller than the body may
-                # be 1.6 lines away; anything else must come within 10 points (headings and body
-                # text beside a plot would otherwise snowball into it).
-                reach = max(10.0, 1.6 * para.size) if para.size < body_size - 0.3 else 10.0
+                # be 1.6 lines away, text in the figure's own label font two lines (R sets tick
+                # labels a line and a half below the axis); anything else must come within 10
+                # points (headings and body text beside a plot would otherwise snowball into it).
+                own_font = para.lines[0].font in own
+                if own_font:
+                    reach = max(10.0, 2.0 * para.size)
+                elif para.size < body_size - 0.3:
+                    reach = max(10.0, 1.6 * para.size)
+                else:
+                    reach = 10.0
                 if k in captions or _contains(grown, pb) or not _touches(_grow(grown, reach), pb):
                     continue
-                if any(_runs_along(ln.bbox, grown) for ln in para.lines):
+                share = 1.2 if own_font else 0.6
+                if any(_runs_along(ln.bbox, grown, ln.text, share) for ln in para.lines):
                     continue  # a line as long as the drawing: body text, not a label
                 grown = _union([grown, pb])
             if grown == region:
@@ -596,6 +647,35 @@ def _captions_from_paras(paras: list[_Para], page_index: int, taken: list[Box]) 
     return captions, used
 
 
+_SUBCAPTION = re.compile(r"^\s*\((?:[a-z]|[ivx]{1,4})\)(?:\s|$)")
+
+
+def _attach_subcaptions(figures: list[_Figure], paras: list[_Para], skip: set[int]) -> None:
+    """Give each figure the sub-captions set just under (or over) it: "(a) Epidemic proportion.".
+
+    A figure of LaTeX subfigures has a short "(a) ..." line under each panel, in the body font and
+    a line or two of white away, and the figure's own caption below them; left as body text,
+    those lines would stand between the panels and their caption. A paragraph of at most three
+    lines that opens with "(a)", lies mostly within the width of a figure and at most two and a
+    half lines from its edge is taken into that figure's box (the reader sees it as part of it).
+    """
+    for k, para in enumerate(paras):
+        if k in skip or len(para.lines) > 3 or not _SUBCAPTION.match(para.lines[0].text):
+            continue
+        pb = para.bbox
+        reach = 2.5 * max(para.size, 1.0)
+        best = None
+        for fig in figures:
+            f = fig.bbox
+            if _contains(f, pb) or _overlap(f[0], f[2], pb[0], pb[2]) < 0.5 * (pb[2] - pb[0]):
+                continue
+            dist = pb[1] - f[3] if pb[1] >= f[3] - 1.0 else f[1] - pb[3]
+            if -1.0 <= dist <= reach and (best is None or dist < best[0]):
+                best = (dist, fig)
+        if best is not None:
+            best[1].bbox = _union([best[1].bbox, pb])
+
+
 def _reading_order(boxes: list[Box]) -> list[int]:
     return sorted(range(len(boxes)), key=lambda i: (round(boxes[i][1] / 4.0), boxes[i][0]))
 
@@ -625,6 +705,7 @@ def _analyse_page(page: Any, infos: list[dict], decorations: set, cfg: PdfConfig
             if min(box[2] - box[0], box[3] - box[1]) < cfg.min_figure_side:
                 continue  # icons, bullets, small ornaments
             figures.append(_Figure(page.number, group, box))
+        _attach_subcaptions(figures, paras, cap_idx)
         taken = [f.bbox for f in figures]
         captions, used = _captions_from_paras(paras, page.number, taken)
     else:
@@ -766,6 +847,7 @@ def _caption_convention(pages: list[_Page], max_dist: float) -> Optional[str]:
 
 
 def _pair_page(page: _Page, max_dist: float, convention: Optional[str] = None) -> None:
+    _join_row_over_caption(page, max_dist, "above" if convention == "above" else "below")
     captions = [c for c in page.captions]
     side_cost = dict(_SIDE_COST)
     if convention is not None:  # the other vertical side only when nothing else will do
@@ -786,8 +868,70 @@ def _pair_page(page: _Page, max_dist: float, convention: Optional[str] = None) -
         used_f.add(fi)
         used_c.add(ci)
         fig = page.figures[fi]
-        fig.caption, fig.pairing, fig.distance = captions[ci], side, round(dist, 2)
+        fig.caption, fig.pairing, fig.distance = captions[ci], captions[ci].reading_side(side), round(dist, 2)
     _merge_panels_over_caption(page, max_dist)
+
+
+def _join(page: _Page, loose: list[_Figure]) -> _Figure:
+    """Make ``loose`` one figure (the first in reading order keeps its place and index)."""
+    first = min(loose, key=lambda f: f.index)
+    first.parts = [part for f in loose for part in f.parts]
+    first.bbox = _union(f.bbox for f in loose)
+    first.spans = [sp for f in loose for sp in f.spans]
+    first.overlaid = True
+    page.figures = [f for f in page.figures if f is first or all(f is not g for g in loose)]
+    return first
+
+
+def _renumber(page: _Page) -> None:
+    """Figure ids follow reading order on the page: renumber without gaps."""
+    for n, fig in enumerate(sorted(page.figures, key=lambda f: f.index), 1):
+        fig.index = n
+
+
+def _join_row_over_caption(page: _Page, max_dist: float, side: str) -> None:
+    """Join a row of figures that one caption spans into one figure, before any pairing.
+
+    Panels set side by side as separate plots (LaTeX subfigures, a row of R devices) are separate
+    drawings with white between them; their caption is centred under the whole row. Each panel
+    would pair with it alone (the nearest wins, the others are left without a caption). A figure
+    caption that runs under at least half the width of each of two or more figures of one row,
+    within ``max_dist`` of each with nothing printed between, is their caption: they are one
+    figure. (Two figures side by side with a caption each: each caption runs under its own.)
+    ``side``: where the document sets its captions (``below``, or ``above`` by its convention),
+    as the caption's reader sees it: for a sideways caption the page is turned first.
+    """
+    joined = False
+    for cap in page.captions:
+        if cap.kind != "figure":
+            continue
+        turn = cap.to_reading
+        c = turn(cap.bbox)
+        row = []
+        for fig in page.figures:
+            f = turn(fig.bbox)
+            dist = c[1] - f[3] if side == "below" else f[1] - c[3]
+            if not -3.0 <= dist <= max_dist or _overlap(f[0], f[2], c[0], c[2]) < 0.5 * (f[2] - f[0]):
+                continue
+            if side == "below":
+                strip = (max(f[0], c[0]) + 0.5, f[3] + 0.5, min(f[2], c[2]) - 0.5, c[1] - 0.5)
+            else:
+                strip = (max(f[0], c[0]) + 0.5, c[3] + 0.5, min(f[2], c[2]) - 0.5, f[1] - 0.5)
+            others = [turn(o) for o in page.blockers] + [turn(o.bbox) for o in page.captions if o is not cap]
+            if dist > 0 and any(_area(_inter(strip, o)) > 0.5 for o in others):
+                continue
+            row.append(fig)
+        if len(row) < 2:
+            continue
+        # one row: every figure shares most of its height with the tallest
+        tall = max((turn(f.bbox) for f in row), key=lambda b: b[3] - b[1])
+        row = [f for f in row
+               if _overlap(turn(f.bbox)[1], turn(f.bbox)[3], tall[1], tall[3]) >= 0.5 * (turn(f.bbox)[3] - turn(f.bbox)[1])]
+        if len(row) >= 2:
+            _join(page, row)
+            joined = True
+    if joined:
+        _renumber(page)
 
 
 def _merge_panels_over_caption(page: _Page, max_dist: float) -> None:
@@ -819,18 +963,12 @@ def _merge_panels_over_caption(page: _Page, max_dist: float) -> None:
             loose.append(fig)
         if len(loose) < 2:
             continue
-        first = min(loose, key=lambda f: f.index)
-        first.parts = [part for f in loose for part in f.parts]
-        first.bbox = _union(f.bbox for f in loose)
-        first.spans = [sp for f in loose for sp in f.spans]
-        first.overlaid = True
+        first = _join(page, loose)
         first.caption, first.pairing, first.distance = cap, "below", round(c[1] - first.bbox[3], 2)
-        page.figures = [f for f in page.figures if f is first or all(f is not g for g in loose)]
         paired.add(id(cap))
         merged = True
-    if merged:  # figure ids follow reading order on the page: renumber without gaps
-        for n, fig in enumerate(sorted(page.figures, key=lambda f: f.index), 1):
-            fig.index = n
+    if merged:
+        _renumber(page)
 
 
 def _pair_facing(pages: list[_Page]) -> None:

@@ -72,9 +72,13 @@ class Figure:
     Attributes:
         rect: where the figure goes (for ``vector``, the area the drawing is made in).
         caption: caption text, starting with its label ("Figure 2.5: ..."); None for no caption.
-        caption_position: ``below``, ``above``, or ``facing`` (top of the next page).
+        caption_position: ``below``, ``above``, ``facing`` (top of the next page), or
+            ``sideways`` (a sideways float: the caption turned a quarter, set bottom to top at the
+            right of the figure, so that it is below the figure once the page is turned).
         kind: ``raster`` (one placed image), ``vector`` (drawn with lines, rectangles, curves and
-            tick labels), or ``compound`` (a grid of placed images with panel labels).
+            tick labels), ``compound`` (a grid of placed images with panel labels), or ``row``
+            (``grid[1]`` separate vector plots side by side, ``panel_gap`` points of white between
+            them, as LaTeX subfigures or a row of R plots are set).
         figure_id: defaults to ``p<page>-f<n>``.
         images: encoded images to place (raster: one; compound: one per panel); default tissue tiles.
         grid: compound layout as (rows, columns).
@@ -83,6 +87,12 @@ class Figure:
             the running header of the next page for ``facing``.
         caption_fontsize: caption font size in points.
         seed: picks the default images and the drawing.
+        axis_title: vector and row plots: an x-axis title set ``axis_title_gap`` points below the
+            tick labels, in the plot's label font (Helvetica) at ``axis_title_size``.
+        tick_row: vector and row plots: the x tick labels as one line of numbers across the axis
+            ("4100 4200 4300 ...", as a map's axis is often set) instead of one label per bar.
+        subcaptions: row plots: a sub-caption set under each plot ("(a) Type B."), in
+            ``subcaption_font`` a line and a half below the plot.
     """
 
     rect: Rect
@@ -96,6 +106,13 @@ class Figure:
     caption_rect: Rect | None = None
     caption_fontsize: float = 9.0
     seed: int = 0
+    axis_title: str | None = None
+    axis_title_size: float = 10.0
+    axis_title_gap: float = 12.0
+    tick_row: bool = False
+    subcaptions: Sequence[str] | None = None
+    subcaption_font: str = "tiro"
+    panel_gap: float = 30.0
 
 
 @dataclasses.dataclass
@@ -293,8 +310,9 @@ def _caption_height(text: str, width: float, fontsize: float) -> float:
     return int(lines + 1) * fontsize * 1.3 + 2
 
 
-def _draw_vector(page: Any, rect: Rect, seed: int) -> Rect:
-    """A bar-and-line chart drawn with vector paths and tick labels; returns its tight box."""
+def _draw_vector(page: Any, rect: Rect, seed: int, fig: Figure | None = None) -> Rect:
+    """A bar-and-line chart drawn with vector paths and tick labels; returns its tight box (with
+    the axis title and tick row that ``fig`` asks for)."""
     import numpy as np
     import pymupdf
 
@@ -312,7 +330,13 @@ def _draw_vector(page: Any, rect: Rect, seed: int) -> Rect:
             pymupdf.Rect(bx, bottom - h * (bottom - top), bx + slot * 0.6, bottom),
             color=(0.1, 0.1, 0.1), fill=(0.35, 0.5 + 0.1 * (i % 3), 0.8), width=0.5,
         )
-        page.insert_text((bx + slot * 0.22, y1 - 5), str(i + 1), fontsize=7, fontname="helv")
+        if not (fig and fig.tick_row):
+            page.insert_text((bx + slot * 0.22, y1 - 5), str(i + 1), fontsize=7, fontname="helv")
+    if fig and fig.tick_row:
+        sep = " "
+        while pymupdf.get_text_length(sep.join(str(4100 + 100 * i) for i in range(n)), "helv", 7) < x1 - left:
+            sep += " "  # spread over the whole axis, as one line of text
+        page.insert_text((left - 8, y1 - 5), sep.join(str(4100 + 100 * i) for i in range(n)), fontsize=7, fontname="helv")
     points = [(left + (i + 0.5) * slot, bottom - v * (bottom - top)) for i, v in enumerate(rng.uniform(0.1, 0.9, n))]
     page.draw_polyline(points, color=(0.8, 0.1, 0.1), width=1.2)
     for p in points:
@@ -323,7 +347,37 @@ def _draw_vector(page: Any, rect: Rect, seed: int) -> Rect:
         page.insert_text((x0 + 2, ty + 2.5), f"{50 * k}", fontsize=7, fontname="helv")
     drawn = [d["rect"] for d in page.get_drawings() if pymupdf.Rect(rect).contains(d["rect"])]
     words = [w[:4] for w in page.get_text("words", clip=pymupdf.Rect(rect))]
+    if fig and fig.axis_title:
+        width = pymupdf.get_text_length(fig.axis_title, "helv", fig.axis_title_size)
+        base = y1 + fig.axis_title_gap + fig.axis_title_size * 0.8
+        page.insert_text(((left + right - width) / 2, base), fig.axis_title, fontsize=fig.axis_title_size,
+                         fontname="helv")
+        words += [w[:4] for w in page.get_text("words", clip=pymupdf.Rect(x0, y1, x1, base + fig.axis_title_size))]
     return _round(_union([tuple(r) for r in drawn] + words))  # type: ignore[arg-type]
+
+
+def _place_row(page: Any, fig: Figure) -> Rect:
+    """``grid[1]`` vector plots side by side in ``fig.rect`` with their sub-captions; the whole box."""
+    import pymupdf
+
+    n = fig.grid[1]
+    x0, y0, x1, y1 = fig.rect
+    subs = list(fig.subcaptions or [])
+    sub_h = 14.0 if subs else 0.0
+    w = (x1 - x0 - fig.panel_gap * (n - 1)) / n
+    boxes = []
+    for i in range(n):
+        px = x0 + i * (w + fig.panel_gap)
+        plot = _draw_vector(page, (px, y0, px + w, y1 - 1.5 * sub_h - (fig.axis_title_gap + fig.axis_title_size if fig.axis_title else 0)),
+                            fig.seed + i, fig)
+        boxes.append(plot)
+        if i < len(subs):
+            rect = (px, y1 - sub_h, px + w, y1 + 6)
+            _set_text(page, rect, subs[i], 10, fig.subcaption_font, align=pymupdf.TEXT_ALIGN_CENTER)
+            found = _words_box(page, rect)
+            if found:
+                boxes.append(found)
+    return _round(_union(boxes))  # type: ignore[arg-type]
 
 
 def _place_compound(page: Any, fig: Figure) -> list[PanelTruth]:
@@ -426,15 +480,19 @@ def make_pdf(path: str | Path, pages: Sequence[Page | Mapping[str, Any]], *, tit
                 panels = _place_compound(page, fig)
                 bbox = _round(_union(p.bbox for p in panels))  # type: ignore[arg-type]
             elif fig.kind == "vector":
-                bbox = _draw_vector(page, fig.rect, fig.seed)
+                bbox = _draw_vector(page, fig.rect, fig.seed, fig)
+            elif fig.kind == "row":
+                bbox = _place_row(page, fig)
             else:
-                raise ValueError(f"figure {fid}: unknown kind {fig.kind!r} (raster, vector, compound)")
+                raise ValueError(f"figure {fid}: unknown kind {fig.kind!r} (raster, vector, compound, row)")
 
             cap_index = cap_box = None
             if fig.caption:
                 cap_page, cap_index = page, index
                 x0, y0, x1, y1 = fig.rect
                 h = _caption_height(fig.caption, x1 - x0, fig.caption_fontsize)
+                if fig.kind in ("vector", "row") and fig.caption_position == "below":
+                    y1 = max(y1, bbox[3])  # an axis title may hang below the drawing area
                 if fig.caption_position == "below":
                     rect = fig.caption_rect or (x0, y1 + _GAP, x1, y1 + _GAP + h)
                 elif fig.caption_position == "above":
@@ -446,9 +504,18 @@ def make_pdf(path: str | Path, pages: Sequence[Page | Mapping[str, Any]], *, tit
                     cap_page = doc[cap_index]
                     w2 = specs[cap_index].size[0]
                     rect = fig.caption_rect or (MARGIN, 64, w2 - MARGIN, 64 + _caption_height(fig.caption, w2 - 2 * MARGIN, fig.caption_fontsize))
+                elif fig.caption_position == "sideways":
+                    h = _caption_height(fig.caption, y1 - y0, fig.caption_fontsize)
+                    rect = fig.caption_rect or (x1 + _GAP, y0, x1 + _GAP + h, y1)
                 else:
                     raise ValueError(f"figure {fid}: unknown caption_position {fig.caption_position!r}")
-                _set_text(cap_page, rect, fig.caption, fig.caption_fontsize, "helv")
+                if fig.caption_position == "sideways":
+                    rc = cap_page.insert_textbox(pymupdf.Rect(rect), fig.caption, fontsize=fig.caption_fontsize,
+                                                 fontname="helv", rotate=90)
+                    if rc < 0:
+                        raise ValueError(f"figure {fid}: sideways caption does not fit in {rect}")
+                else:
+                    _set_text(cap_page, rect, fig.caption, fig.caption_fontsize, "helv")
                 cap_box = _words_box(cap_page, rect)
             figures.append(
                 FigureTruth(fid, index, bbox, fig.kind, fig.caption, caption_label(fig.caption), cap_index, cap_box, panels)

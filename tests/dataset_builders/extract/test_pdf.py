@@ -439,3 +439,83 @@ def test_rotated_pages_are_read_as_shown(pdf_factory, tmp_path):
         w_pt, h_pt = fig.bbox[2] - fig.bbox[0], fig.bbox[3] - fig.bbox[1]
         assert abs(rec["page_bbox"][2] - h_pt) < TOL and abs(rec["page_bbox"][3] - w_pt) < TOL  # turned as shown
         assert rec["height"] > rec["width"]  # and the pixels turned with it
+
+
+# --- real-document layouts (causes of the misses on the tuning_3 vignettes) -----------------------
+
+
+def _run(truth, cfg: PdfConfig | None = None):
+    cfg = cfg or PdfConfig()
+    return SOURCE.extract_unit(next(iter(SOURCE.iter_units([str(truth.path)], cfg))), cfg)
+
+
+def _one_record_covering(result, fig, side: str = "below") -> dict:
+    assert [r["figure_label"] for r in result.records] == [fig.label], result.rejects
+    assert not [r for r in result.rejects if r[1].startswith(("no caption", "no figure"))], result.rejects
+    rec = result.records[0]
+    got = box(rec["page_bbox"])
+    assert got[0] <= fig.bbox[0] + TOL and got[1] <= fig.bbox[1] + TOL
+    assert got[2] >= fig.bbox[2] - TOL and got[3] >= fig.bbox[3] - TOL, (got, fig.bbox)
+    assert json.loads(rec["meta"])["caption_pairing"] == side
+    assert clean_text(rec["caption_raw"]) == clean_text(fig.caption)
+    return rec
+
+
+def _body(pdf_factory, y0: float, y1: float, seed: int = 3):
+    # the body in Times, as LaTeX documents set it; the plots label in Helvetica
+    return pdf_factory.Text((56, y0, 539, y1), None, fontname="tiro", seed=seed)
+
+
+def test_axis_title_in_the_plots_font_a_line_below_the_ticks(pdf_factory):
+    # paper2JSS: "data in log scale" set larger than the body and 12 points under the tick labels
+    fig = pdf_factory.Figure((200, 120, 400, 300), "Figure 4: CDF plot to compare the fit of four distributions.",
+                             kind="vector", axis_title="data in log scale", axis_title_size=10.6, axis_title_gap=12)
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 400, 700)])])
+    _one_record_covering(_run(truth), truth.figures[0])
+
+
+def test_a_row_of_numbers_is_tick_labels_not_body_text(pdf_factory):
+    # twinstim: a map's x axis "4100 4200 ... 4600" set as one line across the plot
+    fig = pdf_factory.Figure((150, 120, 330, 300), "Figure 6: Epidemic proportion by district.", kind="vector",
+                             tick_row=True)
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 400, 700)])])
+    _one_record_covering(_run(truth), truth.figures[0])
+
+
+def test_subcaptions_under_a_row_of_plots_and_one_caption(pdf_factory):
+    # twinSIR, hhh4_spacetime, monitoringCounts: "(a) ..." under each plot, the caption under all
+    fig = pdf_factory.Figure((90, 110, 505, 330), "Figure 4: Diagnostic plots for the twinSIR model formulated in "
+                             "Equation 4.", kind="row", grid=(1, 2),
+                             subcaptions=["(a) Epidemic proportion.", "(b) Transformed residuals."],
+                             caption_rect=(110, 345, 500, 366), caption_fontsize=10.9)
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 400, 700)])])
+    rec = _one_record_covering(_run(truth), truth.figures[0])
+    assert json.loads(rec["meta"])["kind"] == "vector"
+
+
+def test_a_row_of_narrow_panels_under_one_caption(pdf_factory):
+    # monitoringCounts p24, hhh4_spacetime p14: five narrow plots, axis titles nearly as wide as each
+    fig = pdf_factory.Figure((90, 110, 505, 320), "Figure 12: Monthly proportions in five age groups.", kind="row",
+                             grid=(1, 5), panel_gap=14, axis_title="Time (months)", axis_title_size=9.5,
+                             axis_title_gap=4)
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 420, 700)])])
+    _one_record_covering(_run(truth), truth.figures[0])
+
+
+def test_two_figures_side_by_side_keep_their_own_captions(pdf_factory):
+    # the row rule must not join figures that each have a caption of their own
+    figs = [pdf_factory.Figure((60, 110, 280, 300), "Figure 1: The left one.", kind="vector", seed=1),
+            pdf_factory.Figure((315, 110, 535, 300), "Figure 2: The right one.", kind="vector", seed=2)]
+    truth = pdf_factory([pdf_factory.Page(figures=figs, texts=[_body(pdf_factory, 420, 700)])])
+    result = _run(truth)
+    assert sorted(r["figure_label"] for r in result.records) == ["Figure 1", "Figure 2"]
+    for rec, fig in zip(sorted(result.records, key=lambda r: r["figure_label"]), truth.figures):
+        assert near(box(rec["page_bbox"]), fig.bbox, 6.0)
+
+
+def test_sideways_caption_is_below_its_figure_as_read(pdf_factory):
+    # constparty: a sideways float, the caption set bottom to top at the right of the page
+    fig = pdf_factory.Figure((120, 100, 440, 740), "Figure 2: A tree of the Titanic data.", "sideways", seed=4)
+    truth = pdf_factory([pdf_factory.Page(figures=[fig])])
+    rec = _one_record_covering(_run(truth), truth.figures[0], side="below")
+    assert json.loads(rec["meta"])["caption_bbox"][0] > 440  # on the page it is at the right
