@@ -217,7 +217,7 @@ def run(docs: Sequence[dict[str, Any]], cache: Path, methods: Sequence[str], all
 def report(results: dict[str, Any]) -> str:
     lines = ["", "| set | method | documents | figures | figure recall | pairing precision | seconds |",
              "|---|---|---|---|---|---|---|"]
-    for split, per_method in sorted(results["totals"].items(), key=lambda kv: kv[0] != "tuning"):
+    for split, per_method in sorted(results["totals"].items(), key=lambda kv: (kv[0] == "held_out", kv[0])):
         for method, t in per_method.items():
             lines.append(f"| {split} | {method} | {t['documents']} | {t['figures']} | {t['figure_recall']} "
                          f"({t['found']}/{t['figures']}) | {t['pairing_precision']} ({t['good']}/{t['records']}) "
@@ -244,7 +244,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--docs", type=Path, default=None, help="cache folder of the PDFs")
     parser.add_argument("--fetch", action="store_true", help="download missing documents (apt-get download)")
     parser.add_argument("--methods", default="geometry", help=f"comma-separated, of {', '.join(METHODS)}")
-    parser.add_argument("--set", default="tuning,held_out", help="which sets of documents to score")
+    parser.add_argument("--set", default="tuning,tuning_2,tuning_3,held_out", help="which sets of documents to score")
     parser.add_argument("--json", type=Path, help="write the results here")
     return parser.parse_args(argv)
 
