@@ -295,8 +295,9 @@ def _panels(value: Any, where: str) -> list[tuple[Optional[str], str]]:
 
 
 class _Splitter:
-    """``--model`` of caption_split_f1: ``rules``, a splitter model folder, an ``http(s)://.../v1``
-    endpoint (as ``curate split --model``), or ``endpoint:MODEL`` with ``--base-url``."""
+    """``--model`` of caption_split_f1: ``rules``, a splitter model folder (``pathasst train
+    splitter``), or ``endpoint:MODEL`` with ``--base-url`` (the endpoint and model that ``curate split
+    model=URL endpoint_model=MODEL`` takes)."""
 
     def __init__(self, spec: str, base_url: Optional[str], device: str) -> None:
         self.spec = spec
@@ -312,8 +313,7 @@ class _Splitter:
             settings = LLMSettings(model=base_url, endpoint_model=spec[len("endpoint:"):])
             self.model_id, self.revision = spec, None
         elif is_endpoint(spec):
-            settings = LLMSettings(model=spec)
-            self.model_id, self.revision = spec, None
+            raise ConfigError(f"--model {spec}: name the model the endpoint serves: --model endpoint:NAME --base-url {spec}")
         else:
             folder = Path(spec).expanduser()
             if not folder.is_dir():

@@ -127,6 +127,36 @@ def test_caption_split_llm_endpoint_scored_alone_with_fallbacks_counted(tmp_path
     assert main(["bench", "validate", str(out / "results.json")]) == 0
 
 
+@pytest.mark.slow  # up to 1024 generated tokens on CPU: ~10 s
+def test_caption_split_model_folder_runs_through_the_captioner(tmp_path):
+    """A (random, tiny) causal LM folder loads as curate split loads it; its answer fails the checks,
+    so the model alone scores nothing, and the rules' fallback is reported beside."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .conftest import CHAT_TEMPLATE, _word_tokenizer
+
+    tok = _word_tokenizer(["(", ")", "a", "b", "panel", "{", "}", '"', "label", "subcaption"])
+    tok.chat_template = CHAT_TEMPLATE
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    folder = tmp_path / "splitter"
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    out = tmp_path / "run"
+    assert main(["bench", "run", "--task", "caption_split_f1", "--model", str(folder), "--limit", "1",
+                 "--out", str(out), "--bootstrap", "20"]) == 0
+    res = _results(out)
+    counts = res["run"]["counts"]
+    assert counts["captions"] == 1 and counts["llm_stats"]["calls"] == 1 and counts["llm_stats"]["accepted"] == 0
+    assert all(d["status"] == "fallback" and d["prediction"] == [] for d in _details(out))
+    assert _records(out)["subcaption_recall"]["value"] == 0.0
+    assert counts["with_rules_fallback"]["panel"]["recall"] > 0  # the rules' split of the same captions
+    assert res["records"][0]["model_id"] == "splitter" and res["records"][0]["model_revision"].startswith("sha256:")
+
+
 def test_caption_split_bad_data_is_one_clear_error(tmp_path, capsys):
     from datasets import Dataset
 
@@ -144,6 +174,9 @@ def test_caption_split_bad_data_is_one_clear_error(tmp_path, capsys):
     assert main(["bench", "run", "--task", "caption_split_f1", "--model", "nowhere/model", "--out",
                  str(tmp_path / "o3")]) == 2
     assert "not 'rules', a splitter model folder or an endpoint URL" in capsys.readouterr().err
+    assert main(["bench", "run", "--task", "caption_split_f1", "--model", "http://127.0.0.1:9/v1", "--out",
+                 str(tmp_path / "o4")]) == 2
+    assert "--model endpoint:NAME --base-url http://127.0.0.1:9/v1" in capsys.readouterr().err
 
 
 # --- pdf_pairing -----------------------------------------------------------------------------------
