@@ -80,6 +80,9 @@ class SplitterConfig(TrainArgs):
         lora_alpha: LoRA scaling numerator.
         lora_dropout: dropout on the LoRA path.
         lora_target_modules: the linear layers that get adapters (Llama names by default).
+        lora_last_layers: adapters only in the last N transformer blocks (0: in all). Backward
+            then stops at the lowest adapted block, so a step costs a forward pass plus the
+            backward of N blocks: what makes CPU runs of a 30-block model affordable.
         merge: export the merged model beside the adapter.
         dtype: dtype the base weights are loaded in (``auto``: as stored; ``bfloat16`` halves the
             memory of a 7B model).
@@ -101,6 +104,7 @@ class SplitterConfig(TrainArgs):
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: list(LLAMA_TARGETS))
+    lora_last_layers: int = 0
     merge: bool = True
     dtype: str = "auto"
     chat_template: Optional[str] = None
@@ -136,6 +140,8 @@ class SplitterConfig(TrainArgs):
             fail("lora_dropout", "in [0, 1)")
         if not self.lora_target_modules:
             fail("lora_target_modules", "a non-empty list of module names")
+        if self.lora_last_layers < 0:
+            fail("lora_last_layers", ">= 0 (0: every block)")
         if self.dtype not in DTYPES:
             fail("dtype", f"one of {', '.join(DTYPES)}")
         if self.tiny_hidden_size < 8 or self.tiny_hidden_size % 4:
@@ -423,8 +429,17 @@ class SplitterTask(TrainTask):
         if not targets:
             raise TrainConfigError(f"lora_target_modules={cfg.lora_target_modules}: none is a module of "
                                    f"{type(model).__name__}")
+        layers: dict[str, Any] = {}
+        if cfg.lora_last_layers:
+            blocks = getattr(model.config, "num_hidden_layers", None)
+            if not blocks:
+                raise TrainConfigError(f"lora_last_layers={cfg.lora_last_layers}: {type(model).__name__} has no "
+                                       "config.num_hidden_layers to count its blocks")
+            first = max(0, blocks - cfg.lora_last_layers)
+            layers = {"layers_to_transform": list(range(first, blocks)), "layers_pattern": "layers"}
+            self.stats["lora_layers"] = [first, blocks - 1]
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=targets, task_type="CAUSAL_LM", bias="none")
+                          target_modules=targets, task_type="CAUSAL_LM", bias="none", **layers)
         peft_model = get_peft_model(model, lora)
         trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in peft_model.parameters())
@@ -520,7 +535,7 @@ class SplitterTask(TrainTask):
             "tasks": list(cfg.tasks),
             "prompt_versions": {task: load_prompt(task).version for task in cfg.tasks},
             "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                     "target_modules": list(cfg.lora_target_modules)},
+                     "target_modules": list(cfg.lora_target_modules), "last_layers": cfg.lora_last_layers},
             "max_length": cfg.max_length,
             "data": {k: v for k, v in self.stats.items()},
             "usage": "pathasst curate split DATASET --model THIS_FOLDER --out DIR",

@@ -68,7 +68,7 @@ def test_pairs_use_the_rules_unless_corrected(pairs_dir):
     f6 = json.loads(pairs["F6#split"]["answer"])
     assert [p["label"] for p in f6["panels"]] == ["A", "B", "C", "D"] and pairs["F6#split"]["origin"] == "rules"
     assert json.loads(pairs["F3#refine"]["answer"]) == {"caption": "Benign nevus with H&E stain, ×100."}
-    assert pairs["F1#split"]["prompt"] == "split-v1"
+    assert pairs["F1#split"]["prompt"] == "split-v2"
     rejects = [json.loads(line) for line in (pairs_dir / "rejects.jsonl").read_text().splitlines()]
     assert {r["id"]: r["reason"].split(":")[0] for r in rejects} == {"F5": "empty caption", "F4": "skipped"}
 
@@ -117,7 +117,7 @@ def test_loss_is_on_the_answer_only(pairs_dir):
 def test_train_tiny_exports_adapter_merged_model_and_prompt_versions(tiny_model):
     root = tiny_model.parent
     meta = json.loads((tiny_model / "splitter.json").read_text())
-    assert meta["prompt_versions"] == {"split": "1", "refine": "1"} and meta["base_model"] == "tiny"
+    assert meta["prompt_versions"] == {"split": "2", "refine": "1"} and meta["base_model"] == "tiny"
     assert (tiny_model / "adapter" / "adapter_config.json").is_file()
     assert (tiny_model / "config.json").is_file() and (tiny_model / "tokenizer_config.json").is_file()
     summary = json.loads((root / "train_summary.json").read_text())
@@ -188,7 +188,7 @@ def test_curate_split_and_refine_with_the_trained_model(tiny_model, tmp_path):
     assert llm["reused"] == 2  # the subfigure records repeat their parent's caption: asked once
     rows = _read(out)
     meta = json.loads(rows["PMC1/F1"]["meta"])["split"]
-    assert meta["llm"]["prompt"] == "split-v1" and meta["source"] in ("llm", "rules")
+    assert meta["llm"]["prompt"] == "split-v2" and meta["source"] in ("llm", "rules")
     if meta["source"] == "rules":  # noise from a tiny model: the rules' split, with the reason
         assert meta["llm"]["reason"] in ("invalid_json", "truncated", "repetition", "schema", "unfaithful", "empty")
         assert [p["label"] for p in meta["panels"]] == ["A", "B"]
@@ -212,6 +212,21 @@ def test_split_with_fallback_none_sends_failures_to_the_ledger(tiny_model, tmp_p
     assert outcome.kind == "rejected" and outcome.reason.startswith("LLM answer unusable: ")
 
 
+def test_lora_last_layers_adapts_only_the_top_blocks(pairs_dir):
+    from pathasst.trainers.splitter import FAMILY, SplitterConfig, SplitterTask
+
+    cfg = registry.load_family_config(SplitterConfig, FAMILY, ["--recipe", "tiny", f"data={pairs_dir}",
+                                                               "lora_last_layers=1"])
+    task = SplitterTask(cfg)
+    model = task.build_model(cfg)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.1." in name and "lora_" in name for name in trainable)
+    assert task.stats["lora_layers"] == [1, 1]
+    every = SplitterTask(registry.load_family_config(SplitterConfig, FAMILY, ["--recipe", "tiny", f"data={pairs_dir}"]))
+    names = [name for name, p in every.build_model(cfg).named_parameters() if p.requires_grad]
+    assert any(".layers.0." in name for name in names) and len(names) == 2 * len(trainable)
+
+
 def test_smollm2_needs_its_package(monkeypatch, tmp_path):
     from pathasst.trainers.splitter import smollm2_folder
 
@@ -221,7 +236,8 @@ def test_smollm2_needs_its_package(monkeypatch, tmp_path):
 
 
 def test_config_errors_name_the_key(tmp_path):
-    for override, key in (("tasks=[summarise]", "tasks"), ("lora_r=0", "lora_r"), ("dtype=int8", "dtype")):
+    for override, key in (("tasks=[summarise]", "tasks"), ("lora_r=0", "lora_r"), ("dtype=int8", "dtype"),
+                          ("lora_last_layers=-1", "lora_last_layers")):
         with pytest.raises(ConfigError, match=key):
             registry.run("splitter", ["--recipe", "tiny", f"data={tmp_path}", override])
     with pytest.raises(ConfigError, match="data="):

@@ -150,9 +150,9 @@ def test_truncate_caption_cuts_at_a_sentence_end():
 def test_a_valid_answer_is_used_and_recorded():
     cap = captioner(GOOD)
     out = cap.split(CAPTION)
-    assert out.used_llm and out.info["status"] == "llm" and out.info["prompt"] == "split-v1"
+    assert out.used_llm and out.info["status"] == "llm" and out.info["prompt"] == load_prompt("split").tag == "split-v2"
     assert [p.subcaption for p in out.value.panels] == ["Glomerulus with crescent.", "Tubular necrosis."]
-    assert cap.backend.calls[0]["tag"] == "split-v1"
+    assert cap.backend.calls[0]["tag"] == "split-v2"
     distributed = cap.split(CAPTION, distribute=True)  # same caption: the answer is reused, not asked again
     assert len(cap.backend.calls) == 1 and cap.stats["reused"] == 1
     assert distributed.value.panels[0].subcaption == "Renal biopsy. Glomerulus with crescent. Scale bars, 50 µm."
@@ -236,7 +236,7 @@ def test_endpoint_answers_are_validated_like_local_ones():
         assert cap.split(CAPTION).used_llm
         body = server.chat_requests()[-1]
         assert body["response_format"] == {"type": "json_object"} and body["temperature"] == 0.0
-        assert "Caption: " + CAPTION in body["messages"][1]["content"]
+        assert body["messages"][1]["content"].startswith(CAPTION + "\n")
         server.queue(malformed_json())
         assert cap.split(CAPTION + " ").info["reason"] == "error"
         server.queue(stall(2.0))
