@@ -138,8 +138,19 @@ def train(work: Path, overrides: Sequence[str] = ()) -> int:
 
 
 def evaluate(model: Optional[str], heldout: list[dict[str, Any]], threshold: float = 0.8,
-             max_new_tokens: int = 1024, timeout_s: float = 300.0, limit: int = 0) -> dict[str, Any]:
-    """Scores of the rules and (with ``model``) of the LLM on the held-out captions."""
+             max_new_tokens: int = 1024, timeout_s: float = 300.0, limit: int = 0, budget_s: float = 0.0,
+             progress: Optional[Path] = None) -> dict[str, Any]:
+    """Scores of the rules and (with ``model``) of the LLM on the held-out captions.
+
+    Args:
+        budget_s: with a model, stop asking it once this many seconds have passed (0: no limit);
+            the captions left are scored with the rules' answer in the pipeline row and as
+            wrong in the LLM-alone row, and counted as ``not_run`` (a CPU-time budget, reported
+            as such). The ``attempted`` block scores the LLM and the rules on the captions the LLM
+            was asked about only.
+        progress: append one JSON line per caption here as it is answered (a run cut short
+            keeps what it measured).
+    """
     items = heldout[:limit] if limit else heldout
     started = time.perf_counter()
     rules = rules_predictions(items)
@@ -150,20 +161,35 @@ def evaluate(model: Optional[str], heldout: list[dict[str, Any]], threshold: flo
 
         captioner = LLMCaptioner(LLMSettings(model=model, max_new_tokens=max_new_tokens, timeout_s=timeout_s,
                                              max_prompt_chars=8000))
-        used, alone, per_caption = {}, {}, []
+        used, alone, per_caption, attempted = {}, {}, [], []
         started = time.perf_counter()
         for item in items:
-            answer = captioner.split(item["caption"])
-            panels = [(p.label, p.subcaption) for p in answer.value.panels]
+            if budget_s and time.perf_counter() - started > budget_s:
+                panels, status, reason, seconds = rules[item["id"]], "not_run", "budget", 0.0
+                alone[item["id"]] = []
+            else:
+                asked = time.perf_counter()
+                answer = captioner.split(item["caption"])
+                seconds = round(time.perf_counter() - asked, 1)
+                panels = [(p.label, p.subcaption) for p in answer.value.panels]
+                status, reason = answer.info.get("status"), answer.info.get("reason")
+                alone[item["id"]] = panels if answer.used_llm else []
+                attempted.append(item)
             used[item["id"]] = panels
-            alone[item["id"]] = panels if answer.used_llm else []
-            per_caption.append({"id": item["id"], "status": answer.info.get("status"),
-                                "reason": answer.info.get("reason"),
-                                **match_panels(panels, item["panels"], threshold)})
-            print(f"[{len(per_caption)}/{len(items)}] {item['id']}: {answer.info.get('status')} "
-                  f"{answer.info.get('reason') or ''}", file=sys.stderr, flush=True)
+            row = {"id": item["id"], "chars": len(item["caption"]), "status": status, "reason": reason,
+                   "seconds": seconds, **match_panels(panels, item["panels"], threshold)}
+            per_caption.append(row)
+            if progress:
+                with progress.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({**row, "panels": panels}, ensure_ascii=False) + "\n")
+            print(f"[{len(per_caption)}/{len(items)}] {item['id']} ({len(item['caption'])} chars, {seconds} s): "
+                  f"{status} {reason or ''}", file=sys.stderr, flush=True)
         result["llm"] = {**score(used, items, threshold), "seconds": round(time.perf_counter() - started, 1),
                          "llm_alone": score(alone, items, threshold), "llm_stats": captioner.summary(),
+                         "not_run": len(items) - len(attempted),
+                         "attempted": {"captions": len(attempted),
+                                       "llm_alone": score(alone, attempted, threshold),
+                                       "rules": score(rules, attempted, threshold)},
                          "per_caption": per_caption}
     return result
 
@@ -185,6 +211,13 @@ def report(result: dict[str, Any]) -> str:
         stats = llm["llm_stats"]
         lines.append(f"LLM {stats['model']}: {stats['accepted']} of {stats['calls']} answers used, fallbacks "
                      f"{stats['fallbacks'] or 'none'}; {llm['seconds']} s")
+        if llm.get("not_run"):
+            done = llm["attempted"]
+            lines.append(f"time budget: the LLM was asked about {done['captions']} of {llm['captions']} captions "
+                         f"({llm['not_run']} not run); on those {done['captions']} alone:")
+            if done["captions"]:
+                lines.append(row("  rules", done["rules"]))
+                lines.append(row("  LLM alone (fallbacks wrong)", done["llm_alone"]))
     return "\n".join(lines)
 
 
@@ -202,6 +235,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="evaluate the first N captions only")
     parser.add_argument("--shortest", type=int, default=0,
                         help="evaluate the N shortest captions only (a CPU-time budget; reported as a subset)")
+    parser.add_argument("--order", choices=("file", "shortest"), default="file",
+                        help="the order captions are asked in (shortest first: most answers within a --budget)")
+    parser.add_argument("--budget", type=float, default=0.0,
+                        help="stop asking the LLM after this many seconds; the rest are counted as not run")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for a local model (0: torch's default)")
+    parser.add_argument("--progress", type=Path, help="append one JSON line per caption here as it is answered")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("overrides", nargs="*", help="train: key=value overrides of the smollm2 recipe")
     args = parser.parse_intermixed_args(argv)
@@ -212,9 +251,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.step == "train":
         return train(args.work, args.overrides)
     heldout = load_heldout(args.heldout)
-    if args.shortest:
-        heldout = sorted(heldout, key=lambda item: len(item["caption"]))[:args.shortest]
-    result = evaluate(args.model, heldout, args.match, args.max_new_tokens, args.timeout, limit=args.limit)
+    if args.shortest or args.order == "shortest":
+        heldout = sorted(heldout, key=lambda item: len(item["caption"]))[:args.shortest or None]
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # a shared CPU: fewer threads than cores can be faster
+    result = evaluate(args.model, heldout, args.match, args.max_new_tokens, args.timeout, limit=args.limit,
+                      budget_s=args.budget, progress=args.progress)
     result.update(threshold=args.match, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   heldout=str(args.heldout or data_path()))
     print(report(result))

@@ -63,3 +63,33 @@ def test_cli_eval_writes_json(tmp_path, capsys):
     assert sq.main(["eval", "--limit", "5", "--json", str(tmp_path / "r.json")]) == 0
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["rules"]["captions"] == 5 and "panel F1" in capsys.readouterr().out
+
+
+def test_eval_budget_counts_captions_not_run_and_logs_progress(monkeypatch, tmp_path):
+    items = sq.load_heldout()[:3]
+
+    class Slow:  # a right answer that takes 0.2 s: the 0.05 s budget is spent after the first caption
+        name, prompt_versions = "slow", {}
+
+        def generate(self, messages, **kw):
+            import time
+
+            time.sleep(0.2)
+            item = next(i for i in items if messages[1]["content"].startswith(i["caption"] + "\n"))
+            return Generation(json.dumps({"shared_prefix": item["shared_prefix"], "shared_suffix": item["shared_suffix"],
+                                          "panels": [{"label": l, "subcaption": t} for l, t in item["panels"]]}), "stop")
+
+    monkeypatch.setattr("pathasst.dataset_builders.curate.llm.make_backend", lambda settings: Slow())
+    result = sq.evaluate("slow", items, budget_s=0.05, progress=tmp_path / "p.jsonl")
+    llm = result["llm"]
+    assert llm["not_run"] == 2 and llm["attempted"]["captions"] == 1 and llm["llm_stats"]["calls"] == 1
+    assert llm["attempted"]["llm_alone"]["panel"]["f1"] == 1.0
+    assert [r["status"] for r in llm["per_caption"]] == ["llm", "not_run", "not_run"]
+    # not run: the rules' answer in the pipeline row, nothing in the LLM-alone row
+    rules = sq.rules_predictions(items)
+    assert llm["panels_pred"] == len(items[0]["panels"]) + sum(len(rules[i["id"]]) for i in items[1:])
+    assert llm["llm_alone"]["panels_pred"] == len(items[0]["panels"])
+    lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in lines] == [i["id"] for i in items] and lines[0]["seconds"] >= 0.2
+    result.update(threshold=0.8)
+    assert "1 of 3 captions (2 not run)" in sq.report(result)
