@@ -302,7 +302,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"{image['file_name']}: {len(hits)} images of the YOLO export match it")
         by_layout.setdefault(image["layout"], []).append(hits[0])
     scores["real_by_layout"] = {
-        layout: _score(model, eval_yaml(work / "real" / "yolo", work / "eval" / f"real-{layout}.yaml", images), args.device)
+        layout: _score(model, eval_yaml(work / "real" / "yolo", work / "eval" / f"real-{layout}.yaml", images),
+                       args.device)
         for layout, images in sorted(by_layout.items())
     }
     result["scores"] = scores

@@ -591,9 +591,11 @@ def run_detect(dataset: str | Path, out: str | Path, cfg: DetectConfig, *, overw
                 writer.reject(key, "no image: the record holds no image bytes")
                 continue
             try:
+                # load_rgb first: its pixel limit names an oversized image ("image too large") before
+                # Pillow's own bomb check in a bare open() would call it corrupt
+                view = load_rgb(data)
                 with Image.open(io.BytesIO(data)) as probe:
                     fmt, mode = probe.format or "PNG", probe.mode
-                view = load_rgb(data)
                 size = view.size
                 if max(size) > 2 * imgsz:
                     view.thumbnail((2 * imgsz, 2 * imgsz), Image.Resampling.BILINEAR)

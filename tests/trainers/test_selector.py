@@ -31,7 +31,7 @@ from PIL import Image  # noqa: E402
 from pathasst.cli import main  # noqa: E402
 from pathasst.config import load_config  # noqa: E402
 from pathasst.errors import ConfigError, InputError  # noqa: E402
-from pathasst.testing.images import make_image, tissue_tile  # noqa: E402
+from pathasst.testing.images import make_huge_image_header, make_image, tissue_tile  # noqa: E402
 
 NATURAL = ("astronaut", "coffee", "chelsea", "camera", "page", "rocket", "text")
 HELD_OUT_NATURAL = ("moon", "coins", "clock", "hubble_deep_field", "colorwheel", "cell")
@@ -183,6 +183,9 @@ def test_decode_rgb_normalises_modes_bounds_size_and_rejects_with_reasons():
         sel.decode_rgb(b"garbage")
     with pytest.raises(sel.ImageRejected, match="no image"):
         sel.decode_rgb({"bytes": None, "path": None})
+    # a gigantic image (a header declaring 30,000 x 30,000 pixels) is refused before any decoding
+    with pytest.raises(sel.ImageRejected, match="image too large"):
+        sel.decode_rgb(make_huge_image_header(30_000, 30_000), max_pixels=50_000_000)
 
 
 def test_hed_jitter_changes_stain_not_structure_and_is_identity_at_zero():

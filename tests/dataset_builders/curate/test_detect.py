@@ -340,3 +340,52 @@ def test_ocr_reads_letters_in_panel_label_boxes_when_tesseract_is_installed():
     panels = [Panel((5, 5, 95, 95), 0.9), Panel((105, 5, 195, 95), 0.9)]
     _ocr_labels(panels, label_boxes, img, ocr_backend("tesseract"), conf=0.4)
     assert [(p.label, p.label_source) for p in panels] == [("A", "ocr"), ("b", "ocr")]
+
+
+@needs_ultralytics
+@pytest.mark.slow
+def test_cmyk_16_bit_and_gigantic_figures_are_detected_or_ledgered(detector, tmp_path):
+    """The issue's odd images at this stage: CMYK and 16-bit figures are read (as RGB views) and split
+    or kept; a figure declaring more pixels than the limit is a ledger line, never decoded."""
+    import numpy as np
+    from PIL import Image
+
+    from pathasst.cli import main
+    from pathasst.records import get_spec
+    from pathasst.testing.images import make_huge_image_header
+    from pathasst.trainers.subfig import TOY_LAYOUTS, toy_compound_figure
+    from pathasst.writer import DatasetWriter
+
+    grid, boxes = toy_compound_figure(TOY_LAYOUTS[3], seed=3)  # = training figure 3
+    buf = io.BytesIO()
+    grid.convert("CMYK").save(buf, format="JPEG", quality=95)
+    cmyk = buf.getvalue()
+    deep = Image.fromarray(np.asarray(grid.convert("L"), dtype=np.uint16) * 257)  # mode I;16
+    src, out = tmp_path / "in", tmp_path / "out"
+    with DatasetWriter(src, get_spec("pathcap")) as writer:
+        writer.add(_record("cmyk", cmyk, grid.width, grid.height))
+        writer.add(_record("deep", _png(deep), grid.width, grid.height))
+        bomb = _record("bomb", _png(grid), grid.width, grid.height)  # (its phash made from a real image)
+        writer.add(dict(bomb, image=make_huge_image_header(30_000, 30_000), width=30_000, height=30_000))
+        writer.finalize()
+    assert Image.open(io.BytesIO(cmyk)).mode == "CMYK" and deep.mode == "I;16"
+    assert main(["curate", "detect", str(src), "--model", str(detector / "weights" / "best.pt"), "--out", str(out)]) == 0
+    rows = _rows(out)
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rejects] == ["bomb"] and rejects[0]["reason"].startswith("image too large")
+    for fid in ("cmyk", "deep"):
+        mine = [r for r in rows.values() if r["figure_id"] == fid]
+        assert mine, f"{fid}: neither kept whole nor split"
+        for row in mine:
+            img = Image.open(io.BytesIO(row["image"]["bytes"]))
+            img.load()  # decodable
+            if row["bbox"] is not None:
+                x, y, w, h = row["bbox"]
+                assert 0 <= x and 0 <= y and x + w <= grid.width and y + h <= grid.height
+                assert img.mode == "RGB" and img.size == (int(w), int(h))
+    cmyk_rows = [r for r in rows.values() if r["figure_id"] == "cmyk"]
+    assert len(cmyk_rows) == 4  # the training figure, colours converted: still four panels
+    for row, box in zip(sorted(cmyk_rows, key=lambda r: r["id"]), boxes):
+        assert _iou(row["bbox"], box) > 0.7
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["inputs_done"] == 3 and summary["rejected"] == 1
