@@ -404,10 +404,14 @@ class TransformersBackend:
         folder: the model folder.
         device: ``cpu``, ``cuda``... (default: CUDA when available).
         dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+        prompt_lookup: draft up to this many tokens per step by copying from the prompt
+            (prompt-lookup decoding; 0: off). See :class:`LLMSettings`.
     """
 
-    def __init__(self, folder: str | Path, *, device: Optional[str] = None, dtype: str = "auto") -> None:
+    def __init__(self, folder: str | Path, *, device: Optional[str] = None, dtype: str = "auto",
+                 prompt_lookup: int = 0) -> None:
         self.model, self.tokenizer, meta = load_causal_lm(folder, device=device, dtype=dtype)
+        self.prompt_lookup = prompt_lookup
         self.name = str(folder)
         self.prompt_versions = dict(meta.get("prompt_versions") or {})
         # stop at the end of the assistant turn, whichever token the template closes it with
@@ -427,10 +431,12 @@ class TransformersBackend:
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([ids], device=device)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]
+        # drafts copied from the prompt are verified by the model: the same greedy answer, fewer passes
+        lookup = {"prompt_lookup_num_tokens": self.prompt_lookup} if self.prompt_lookup else {}
         with torch.no_grad():
             out = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
                                       max_new_tokens=max_new_tokens, max_time=timeout_s,
-                                      eos_token_id=self.stop_ids, pad_token_id=pad)
+                                      eos_token_id=self.stop_ids, pad_token_id=pad, **lookup)
         seconds = time.monotonic() - started
         new = out[0, input_ids.shape[1]:].tolist()
         ended = bool(new) and new[-1] in self.stop_ids
@@ -530,6 +536,11 @@ class LLMSettings:
         max_retries: retries of one endpoint request (429, 5xx, dropped connections).
         device: torch device of a local model (default: CUDA when available).
         dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+        prompt_lookup: local models: draft up to this many tokens per forward pass by copying
+            n-grams of the prompt (prompt-lookup decoding; 0: off). Every drafted token is
+            checked by the model, so the answer is the greedy one either way; a split answer
+            copies most of its words from the caption, so several tokens are accepted per pass
+            (SmolLM2-135M on a loaded CPU: 60 tokens in 9.6 s instead of 26.4 s, same tokens).
     """
 
     model: Optional[str] = None
@@ -544,6 +555,7 @@ class LLMSettings:
     max_retries: int = 2
     device: Optional[str] = None
     dtype: str = "auto"
+    prompt_lookup: int = 10
 
     def check(self) -> None:
         """Raise :class:`ValueError` naming the key of a bad value (configs call it in __post_init__)."""
@@ -564,6 +576,8 @@ class LLMSettings:
             raise ValueError(f"response_format must be json_object, json_schema or none (got {self.response_format!r})")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0 (got {self.max_retries})")
+        if self.prompt_lookup < 0:
+            raise ValueError(f"prompt_lookup must be >= 0 (0: off; got {self.prompt_lookup})")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16 (got {self.dtype!r})")
 
@@ -574,7 +588,8 @@ def make_backend(settings: LLMSettings) -> Backend:
     if is_endpoint(settings.model):
         return EndpointBackend(settings.model, settings.endpoint_model or "", timeout_s=settings.timeout_s,
                                response_format=settings.response_format, max_retries=settings.max_retries)
-    return TransformersBackend(settings.model, device=settings.device, dtype=settings.dtype)
+    return TransformersBackend(settings.model, device=settings.device, dtype=settings.dtype,
+                               prompt_lookup=settings.prompt_lookup)
 
 
 def truncate_caption(caption: str, limit: int) -> str:

@@ -201,6 +201,16 @@ def test_curate_split_and_refine_with_the_trained_model(tiny_model, tmp_path):
     assert refined["llm"]["prompt"] == "refine-v1" and refined["source"] in ("llm", "rules")
 
 
+def test_prompt_lookup_decoding_gives_the_same_answer(tiny_model):
+    from pathasst.dataset_builders.curate.llm import TransformersBackend, load_prompt
+
+    messages = load_prompt("split").messages(CAPTIONS[0]["caption"])
+    plain = TransformersBackend(tiny_model, device="cpu").generate(messages, max_new_tokens=24, timeout_s=60)
+    fast = TransformersBackend(tiny_model, device="cpu", prompt_lookup=10).generate(messages, max_new_tokens=24,
+                                                                                    timeout_s=60)
+    assert fast.text == plain.text and fast.finish_reason == plain.finish_reason and plain.text
+
+
 def test_split_with_fallback_none_sends_failures_to_the_ledger(tiny_model, tmp_path):
     from pathasst.dataset_builders.curate.split import SplitConfig, split_record
 
