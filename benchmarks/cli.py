@@ -76,7 +76,8 @@ def _list(args: argparse.Namespace) -> int:
     w = max(len(t.name) for t in tasks)
     print(f"{'task':<{w}}  {'kind':<15}  {'version':<10}  {'dataset':<28}  metrics")
     for t in tasks:
-        ds = t.dataset.get("id") or ("--dataset FOLDER" if t.generic else "local copy (--dataset)")
+        ds = t.dataset.get("id") or ("--dataset FOLDER" if t.generic else
+                                     "shipped with pathasst" if t.dataset.get("packaged") else "local copy (--dataset)")
         metrics = ", ".join(t.metrics) if len(t.metrics) <= 4 else f"{', '.join(t.metrics[:3])}, … ({len(t.metrics)})"
         print(f"{t.name:<{w}}  {t.kind:<15}  {t.task_version:<10}  {ds:<28}  {metrics}")
     return 0
