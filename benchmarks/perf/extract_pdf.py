@@ -19,8 +19,14 @@ figure without caption and a caption without figure, a caption on the previous p
 each method scored against the ground truth: figure recall (figures found, captioned or not),
 pair recall and caption-pairing precision (records whose caption is the figure's own).
 
+Memory (``--memory N``): peak resident memory of ``run_extract`` (what ``pathasst extract pdf``
+runs) on one generated book of about ``N`` figures, in a fresh process each: ``whole`` (the PDF's
+records held until the PDF ends, as before streaming: ``extract_unit``, then one writer unit) and
+``streamed`` (``extract_chunks``: pieces of a few pages written as they come).
+
     python -m pathasst.benchmarks.perf.extract_pdf                    # 200 pages, quality too
     python -m pathasst.benchmarks.perf.extract_pdf --pages 50 --repeat 1 --json out.json
+    python -m pathasst.benchmarks.perf.extract_pdf --no-speed --no-quality --memory 1000
 """
 
 from __future__ import annotations
@@ -421,8 +427,44 @@ def run_speed(path: Path, n_pages: int, repeat: int, work: Path, dpi: int = 200)
     }
 
 
+_MEMORY_RUN = """
+import dataclasses, json, resource, sys
+from pathasst.dataset_builders.extract.common import run_extract
+from pathasst.dataset_builders.extract.pdf import SOURCE, PdfConfig
+mode, book, out = sys.argv[1:4]
+source = SOURCE if mode == "streamed" else dataclasses.replace(SOURCE, extract_chunks=None)
+import pymupdf, PIL.Image, pyarrow  # noqa: E401,F401 - counted in the baseline, not the run
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+s = run_extract(source, PdfConfig(), [book], out, overwrite=True, progress=False)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"records": s.total_records, "baseline_mb": round(base, 1), "peak_rss_mb": round(peak, 1)}))
+"""
+
+
+def run_memory(book: Path, work: Path) -> dict[str, Any]:
+    """Peak RSS (MiB) of one ``run_extract`` of ``book``, whole and streamed, each in a new process."""
+    import subprocess
+
+    res: dict[str, Any] = {"pdf_mb": round(book.stat().st_size / 2**20, 1)}
+    for mode in ("whole", "streamed"):
+        run = subprocess.run([sys.executable, "-c", _MEMORY_RUN, mode, str(book), str(work / f"mem-{mode}")],
+                             capture_output=True, text=True, check=True)
+        res[mode] = json.loads(run.stdout.strip().splitlines()[-1])
+    data = work / "mem-streamed" / "data"
+    res["dataset_mb"] = round(sum(f.stat().st_size for f in data.glob("*.parquet")) / 2**20, 1)
+    return res
+
+
 def report(res: dict[str, Any]) -> str:
     out = []
+    if "memory" in res:
+        m = res["memory"]
+        out.append(f"memory: one PDF of {m['figures']} figures ({m['pages']} pages, {m['pdf_mb']} MB; "
+                   f"its records {m['dataset_mb']} MB as Parquet)")
+        for mode in ("whole", "streamed"):
+            r = m[mode]
+            out.append(f"  {mode:<9} peak RSS {r['peak_rss_mb']:>8.1f} MiB  (after imports {r['baseline_mb']:.1f} MiB; "
+                       f"{r['records']} records written)")
     if "speed" in res:
         s = res["speed"]
         out.append(f"speed: {s['pages']} pages, {s['figures']} figure records, {s['rejects']} ledger lines, "
@@ -459,6 +501,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--methods", default="geometry,layout", help="methods to score (default geometry,layout)")
     p.add_argument("--out-dir", type=Path, help="keep the books and outputs here (default: a temporary folder)")
     p.add_argument("--json", type=Path, help="write the results as JSON")
+    p.add_argument("--memory", type=int, default=0, metavar="N",
+                   help="also measure peak memory on one book of about N figures (0: skip)")
     return p.parse_args(argv)
 
 
@@ -485,6 +529,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             res["speed"] = run_speed(book, n, max(1, args.repeat), work, dpi=args.dpi)
         if not args.no_quality:
             res["quality"] = run_quality([m for m in args.methods.split(",") if m], work)
+        if args.memory:
+            book = work / "memory_book.pdf"
+            n = build_perf_book(book, max(14, -(-args.memory * 14 // 12)))  # 12 figures per 14 pages
+            res["memory"] = {"pages": n, **run_memory(book, work)}
+            res["memory"]["figures"] = res["memory"]["streamed"]["records"]
     print(report(res))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

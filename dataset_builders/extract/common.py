@@ -9,6 +9,9 @@ A source module (``pdf``, ``pmc``, ``web``, ``private``) defines one :class:`Sou
   picklable (it travels to worker processes);
 - ``extract_unit(unit, cfg) -> UnitResult``: the records and the rejections of one unit. It runs in
   a worker process; an exception it raises becomes one ledger line for the unit, and the run goes on.
+- ``extract_chunks(unit, cfg) -> Iterator[UnitResult]`` (optional, for inputs that can be huge: a
+  PDF atlas): the same in pieces, written as they come (:func:`write_chunks`); worker processes
+  hand them over through files, one piece at a time.
 """
 
 from __future__ import annotations
@@ -269,11 +272,17 @@ class UnitResult:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
+    """An extractor. ``extract_chunks`` (optional) gives a unit's result in pieces, for inputs too
+    big to hold whole (a 1000-figure atlas): each piece holds the records of a few pages, the last
+    one the rest and the unit's ledger lines. The runner then writes each piece as it comes
+    (:func:`write_chunks`), and memory stays flat however big one input is."""
+
     name: str
     config: type
     iter_units: Callable[[list[str], Any], Iterable[Unit]]
     extract_unit: Callable[[Unit, Any], UnitResult]
     description: str = ""
+    extract_chunks: Optional[Callable[[Unit, Any], Iterator[UnitResult]]] = None
 
 
 def _safe_extract(source: Source, cfg: Any, unit: Unit) -> UnitResult:
@@ -281,11 +290,87 @@ def _safe_extract(source: Source, cfg: Any, unit: Unit) -> UnitResult:
     try:
         return source.extract_unit(unit, cfg)
     except Exception as exc:  # noqa: BLE001 - any failure of one input must not stop the others
-        result = UnitResult()
-        detail = str(exc).splitlines()[0][:300] if str(exc) else ""
-        result.reject(unit.key, f"extractor error: {type(exc).__name__}: {detail}",
-                      where=traceback.format_exc(limit=-1).strip().splitlines()[-1][:300])
-        return result
+        return _failure(unit, exc)
+
+
+def _failure(unit: Unit, exc: Exception) -> UnitResult:
+    """The unit's one ledger line for an exception its extractor raised (call in the handler)."""
+    result = UnitResult()
+    detail = str(exc).splitlines()[0][:300] if str(exc) else ""
+    result.reject(unit.key, f"extractor error: {type(exc).__name__}: {detail}",
+                  where=traceback.format_exc(limit=-1).strip().splitlines()[-1][:300])
+    return result
+
+
+def _safe_chunks(source: Source, cfg: Any, unit: Unit) -> Iterator[UnitResult]:
+    """``source.extract_chunks`` with the guarantee of :func:`_safe_extract`: a failure part way is
+    the last piece, one ledger line for the unit (the pieces before it stand)."""
+    try:
+        yield from source.extract_chunks(unit, cfg)
+    except Exception as exc:  # noqa: BLE001 - any failure of one input must not stop the others
+        yield _failure(unit, exc)
+
+
+def _spool_chunks(source: Source, cfg: Any, folder: str, unit: Unit) -> list[str]:
+    """Run in a worker process: each piece pickled to a file of its own in ``folder`` as it is
+    made, so that neither the worker nor the pipe back holds a whole big input. Returns the files."""
+    import os
+    import pickle
+    import tempfile
+
+    files = []
+    for chunk in _safe_chunks(source, cfg, unit):
+        fd, path = tempfile.mkstemp(suffix=".chunk", dir=folder)
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(chunk, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        files.append(path)
+    return files
+
+
+def _unspool(files: list[str]) -> Iterator[UnitResult]:
+    """The pieces of :func:`_spool_chunks`, one at a time, each file removed once read."""
+    import os
+    import pickle
+
+    for path in files:
+        try:
+            with open(path, "rb") as fh:
+                chunk = pickle.load(fh)
+        finally:
+            os.unlink(path)
+        yield chunk
+    # (a reader that stops early leaves the rest: the spool folder is removed with the run)
+
+
+def write_chunks(writer: Any, unit: Unit, chunks: Iterable[UnitResult]) -> int:
+    """Write one unit given in pieces; returns how many records it gave.
+
+    Each piece but the last is a writer unit of its own, ``<unit key>#part<k>``, committed as it
+    comes (its rows go to the part file, not to memory); the last piece is written as the unit
+    itself, so the input counts as done (``is_done``, resume) only when every piece is in. A run
+    stopped part way resumes the input from the start and skips the pieces already committed; the
+    pieces of an input are deterministic, so none is written twice. One piece of look-ahead tells
+    the last piece from the others.
+    """
+    total = 0
+    pieces = iter(chunks)
+    current = next(pieces, None)
+    k = 0
+    while current is not None:
+        following = next(pieces, None)
+        last = following is None
+        key = unit.key if last else f"{unit.key}#part{k}"
+        if last or not writer.is_done(key):
+            with writer.unit(key):
+                for record in current.records:
+                    writer.add(record)
+                for item_id, reason, info in current.rejects:
+                    writer.reject(item_id, reason, **info)
+                if last and not total and not current.records and not current.rejects:
+                    writer.reject(unit.key, f"no figures: nothing to extract from {unit.label or unit.key}")
+        total += len(current.records)
+        current, k = following, k + 1
+    return total
 
 
 def _bounded_map(fn: Callable, items: Iterator, num_proc: int) -> Iterator[tuple[Any, Any]]:
@@ -355,9 +440,22 @@ def run_extract(
                 queued.add(unit.key)
                 yield unit
 
-        work = functools.partial(_safe_extract, source, cfg)
+        spool = None
+        if source.extract_chunks is not None and cfg.num_proc > 1:
+            import tempfile
+
+            spool = tempfile.TemporaryDirectory(prefix=f"pathasst-extract-{source.name}-")
+            work = functools.partial(_spool_chunks, source, cfg, spool.name)
+        elif source.extract_chunks is not None:
+            work = functools.partial(_safe_chunks, source, cfg)  # a generator: pieces made as written
+        else:
+            work = functools.partial(_safe_extract, source, cfg)
         bar = tqdm(desc=f"extract {source.name}", unit="input", disable=not progress)
         for unit, result in _bounded_map(work, todo(), cfg.num_proc):
+            if source.extract_chunks is not None:
+                write_chunks(writer, unit, _unspool(result) if spool is not None else result)
+                bar.update(1)
+                continue
             with writer.unit(unit.key):
                 for record in result.records:
                     writer.add(record)
@@ -367,6 +465,8 @@ def run_extract(
                     writer.reject(unit.key, f"no figures: nothing to extract from {unit.label or unit.key}")
             bar.update(1)
         bar.close()
+        if spool is not None:
+            spool.cleanup()
         summary = writer.finalize()
     if skipped:
         log.info("resumed: %d of %d inputs were already done", skipped, seen)

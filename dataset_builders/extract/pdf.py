@@ -1,6 +1,10 @@
 """`pathasst extract pdf`: figure-caption records from PDF textbooks, papers and atlases (pymupdf).
 
-One unit per PDF file (``pdf:<sha256 of the file>``). For each page the extractor finds
+One unit per PDF file (``pdf:<sha256 of the file>``). The whole document is analysed first (boxes
+and text, no pixels), then its records are made and written in pieces of whole pages
+(:func:`extract_chunks`, about :data:`CHUNK_FIGURES` records each, committed as writer units
+``<key>#part<k>``, the last as the PDF's own key): memory does not grow with a book's figures.
+For each page the extractor finds
 
 - **figures**: placed raster images (``page.get_image_info``), vector drawings
   (``page.get_drawings`` clustered into regions, with the tick and axis labels around them), and
@@ -1187,20 +1191,41 @@ def _decorations(infos_by_page: list[list[dict]]) -> set:
     return {key for key, c in counts.items() if c >= max(3, 0.2 * n)}
 
 
+CHUNK_FIGURES = 32  # records of one PDF handed to the writer at a time (extract_chunks)
+
+
 def extract_unit(unit: Unit, cfg: PdfConfig) -> UnitResult:
-    """Records and ledger lines of one PDF."""
+    """Records and ledger lines of one PDF, all in memory (the runner streams :func:`extract_chunks`)."""
+    result = UnitResult()
+    for chunk in extract_chunks(unit, cfg):
+        result.records.extend(chunk.records)
+        result.rejects.extend(chunk.rejects)
+    return result
+
+
+def extract_chunks(unit: Unit, cfg: PdfConfig, chunk_figures: int = 0) -> Iterator[UnitResult]:
+    """Records and ledger lines of one PDF in pieces of whole pages, about ``chunk_figures``
+    (default :data:`CHUNK_FIGURES`) records each, rendered only when the piece is asked for.
+
+    The whole document is analysed first (boxes and text, no pixels: what facing-page pairing,
+    decorations repeated over pages and the document's caption side need); the pixels, which are
+    nearly all of a record's size, are then made page by page, so a 1000-figure atlas never holds
+    more than a piece of them. The last piece carries the PDF's ledger lines.
+    """
     import pymupdf
 
-    result = UnitResult()
     payload = unit.payload
     name = unit.label or Path(payload["path"]).name
+    fail = UnitResult()
     if "error" in payload:
-        result.reject(unit.key, f"unreadable: {payload['error']}", file=name)
-        return result
+        fail.reject(unit.key, f"unreadable: {payload['error']}", file=name)
+        yield fail
+        return
     if "duplicate_of" in payload:
-        result.reject(unit.key, f"duplicate: same bytes as {payload['duplicate_of']} (sha256 {payload['sha256'][:16]})",
-                      file=name)
-        return result
+        fail.reject(unit.key, f"duplicate: same bytes as {payload['duplicate_of']} (sha256 {payload['sha256'][:16]})",
+                    file=name)
+        yield fail
+        return
     sha = payload["sha256"]
     shown = pymupdf.TOOLS.mupdf_display_errors()
     pymupdf.TOOLS.mupdf_display_errors(False)
@@ -1209,20 +1234,22 @@ def extract_unit(unit: Unit, cfg: PdfConfig) -> UnitResult:
         try:
             doc = pymupdf.open(payload["path"], filetype="pdf")
         except Exception as exc:  # noqa: BLE001 - FileDataError, EmptyFileError, RuntimeError ...
-            result.reject(unit.key, f"corrupt pdf: cannot open {name}: {type(exc).__name__}: {exc}", file=name)
-            return result
+            fail.reject(unit.key, f"corrupt pdf: cannot open {name}: {type(exc).__name__}: {exc}", file=name)
+            yield fail
+            return
         with doc:
             if doc.needs_pass:
-                result.reject(unit.key, f"encrypted: {name} needs a password", file=name)
-                return result
+                fail.reject(unit.key, f"encrypted: {name} needs a password", file=name)
+                yield fail
+                return
             if doc.page_count == 0:
-                result.reject(unit.key, f"corrupt pdf: {name} has no pages", file=name)
-                return result
+                fail.reject(unit.key, f"corrupt pdf: {name} has no pages", file=name)
+                yield fail
+                return
             repaired = _repair_note(pymupdf.TOOLS.mupdf_warnings(reset=True))
-            _extract_doc(doc, unit, sha, name, repaired, cfg, result)
+            yield from _extract_doc(doc, unit, sha, name, repaired, cfg, chunk_figures or CHUNK_FIGURES)
     finally:
         pymupdf.TOOLS.mupdf_display_errors(shown)
-    return result
 
 
 def _repair_note(warnings: str) -> Optional[str]:
@@ -1285,13 +1312,25 @@ def analyse_pdf(doc: Any, cfg: PdfConfig) -> tuple[list[_Page], dict[int, str]]:
 
 
 def _extract_doc(doc: Any, unit: Unit, sha: str, name: str, repaired: Optional[str], cfg: PdfConfig,
-                 result: UnitResult) -> None:
+                 chunk_figures: int) -> Iterator[UnitResult]:
     from pathasst.images import ImageRejected
 
     lic, lic_note = _license(doc, cfg)
     pages, page_errors = analyse_pdf(doc, cfg)
     prefix = sha[:16]
+    result = UnitResult()  # ledger lines (small) wait for the last piece; records go out by pieces
+    piece = UnitResult()
+    total = 0
     for pg in pages:
+        if len(piece.records) >= chunk_figures:
+            total += len(piece.records)
+            # mupdf keeps decoded images and display lists in its store (up to 256 MB by default):
+            # the pages of this piece are done, so let it go, or memory grows with the book after all.
+            import pymupdf
+
+            pymupdf.TOOLS.store_shrink(100)
+            yield piece
+            piece = UnitResult()
         page = doc[pg.index]
         for fig in pg.figures:
             fid = f"{prefix}/p{pg.index + 1}/f{fig.index}"
@@ -1313,7 +1352,8 @@ def _extract_doc(doc: Any, unit: Unit, sha: str, name: str, repaired: Optional[s
             except ValueError as exc:
                 result.reject(fid, f"empty caption: {exc}", **where)
                 continue
-            result.records.append(record)
+            piece.records.append(record)
+    total += len(piece.records)
     claimed = {id(f.caption) for p in pages for f in p.figures if f.caption is not None}
     for pg in pages:
         for cap in pg.captions:
@@ -1329,15 +1369,17 @@ def _extract_doc(doc: Any, unit: Unit, sha: str, name: str, repaired: Optional[s
         if pg.warning and not pg.figures:
             result.reject(f"{prefix}/p{pg.index + 1}", f"damaged page: page {pg.index + 1} of {name}: {pg.warning}",
                           file=name, page=pg.index + 1)
-    if repaired and not result.records:
+    if repaired and not total:
         # A damaged file that gave nothing is one lost input, not a line per page it broke.
         damaged = sum(1 for _, reason, _ in result.rejects if reason.startswith(("damaged page", "corrupt page")))
         result.rejects.clear()
         result.reject(unit.key, f"corrupt pdf: {name} is damaged ({repaired}); no figure recovered, "
                                 f"{damaged} of {doc.page_count} page(s) unreadable", file=name)
-    elif not result.records and not result.rejects:
+    elif not total and not result.rejects:
         result.reject(unit.key, f"no figures: {name} has {doc.page_count} page(s) and no figure", file=name,
                       pages=doc.page_count)
+    piece.rejects.extend(result.rejects)
+    yield piece
 
 
 def _record(doc: Any, page: Any, pg: _Page, fig: _Figure, fid: str, sha: str, name: str, lic: License,
@@ -1402,4 +1444,5 @@ SOURCE = Source(
     iter_units=iter_units,
     extract_unit=extract_unit,
     description="PDF textbooks, papers and atlases (pymupdf)",
+    extract_chunks=extract_chunks,
 )

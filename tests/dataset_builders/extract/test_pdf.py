@@ -425,6 +425,17 @@ def test_speed_benchmark_runs_and_reports(tmp_path, capsys):
     assert "extract_pdf / raw (cpu)" in res["ratios"] and "ratios" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # two fresh processes extract a 14-page book
+def test_memory_benchmark_runs_both_ways(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert bench.main(["--no-speed", "--no-quality", "--memory", "12", "--out-dir", str(tmp_path / "w"),
+                       "--json", str(out_json)]) == 0
+    res = json.loads(out_json.read_text())["memory"]
+    assert res["figures"] == res["whole"]["records"] == res["streamed"]["records"] == 12 and res["pages"] == 14
+    assert all(res[m]["peak_rss_mb"] >= res[m]["baseline_mb"] > 0 for m in ("whole", "streamed"))
+    assert "streamed  peak RSS" in capsys.readouterr().out
+
+
 def test_rotated_pages_are_read_as_shown(pdf_factory, tmp_path):
     truth = pdf_factory([pdf_factory.caption_below_page(), pdf_factory.vector_figure_page()])
     doc = pymupdf.open(truth.path)
@@ -519,3 +530,69 @@ def test_sideways_caption_is_below_its_figure_as_read(pdf_factory):
     truth = pdf_factory([pdf_factory.Page(figures=[fig])])
     rec = _one_record_covering(_run(truth), truth.figures[0], side="below")
     assert json.loads(rec["meta"])["caption_bbox"][0] > 440  # on the page it is at the right
+
+
+# --- a big PDF is written in pieces (memory flat per PDF) ------------------------------------------
+
+
+def _units(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / ".pathasst" / "units.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow  # the sample book four times through the CLI: ~30 s
+def test_a_pdf_is_written_in_pieces_with_facing_pairs_intact(pdf_factory, tmp_path, monkeypatch):
+    from pathasst.dataset_builders.extract import pdf as pdf_mod
+
+    truth = pdf_factory.sample_book()
+    whole = tmp_path / "whole"
+    extract([truth.path], whole)
+    monkeypatch.setattr(pdf_mod, "CHUNK_FIGURES", 2)
+    pieces = list(pdf_mod.extract_chunks(next(iter(SOURCE.iter_units([str(truth.path)], PdfConfig()))), PdfConfig()))
+    assert len(pieces) >= 3 and all(not p.rejects for p in pieces[:-1])  # ledger lines come last
+    assert all(len(p.records) <= 2 + 2 for p in pieces)  # two, plus the figures of the page that crossed it
+    pages = [{r["page"] for r in p.records} for p in pieces]
+    assert all(max(a) < min(b) for a, b in zip(pages, pages[1:]) if a and b)  # whole pages, in order
+    split = tmp_path / "split"
+    extract([truth.path], split)
+    for one in (1, 2):  # in this process, and through the spool of worker processes
+        out = split if one == 1 else tmp_path / "split2"
+        if one == 2:
+            extract([truth.path], out, "--num-proc", "2")
+        units = _units(out)
+        key = f"pdf:{sha256(truth.path)}"
+        assert [u["unit"] for u in units] == [f"{key}#part{k}" for k in range(len(units) - 1)] + [key]
+        assert sum(u["records"] for u in units) == len(load_records(whole, tmp_path))
+
+    def rows(folder):
+        return sorted((r["id"], r["caption_raw"], r["meta"], r["image"]["bytes"]) for r in load_records(folder, tmp_path))
+
+    assert rows(split) == rows(whole) == rows(tmp_path / "split2")  # facing pairs across pieces too
+    assert any('"facing-' in r[2] for r in rows(split))
+    assert sorted(x["id"] for x in ledger(split)) == sorted(x["id"] for x in ledger(whole))
+
+
+def test_an_interrupted_pdf_resumes_without_writing_a_piece_twice(pdf_factory, tmp_path, monkeypatch):
+    from pathasst.dataset_builders.extract import pdf as pdf_mod
+
+    truth = pdf_factory.sample_book()
+    monkeypatch.setattr(pdf_mod, "CHUNK_FIGURES", 2)
+    real, calls = pdf_mod._record, []
+
+    def stop_at_the_fifth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # Ctrl-C part way through the PDF
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pdf_mod, "_record", stop_at_the_fifth)
+    out = tmp_path / "caps"
+    assert main(["extract", "pdf", str(truth.path), "--out", str(out)]) != 0
+    done = _units(out)
+    assert done and all("#part" in u["unit"] for u in done)  # the pieces before the stop were kept
+    monkeypatch.setattr(pdf_mod, "_record", real)
+    extract([truth.path], out)
+    ids = [r["id"] for r in load_records(out, tmp_path)]
+    whole = tmp_path / "whole"
+    extract([truth.path], whole)
+    assert sorted(ids) == sorted(r["id"] for r in load_records(whole, tmp_path)) and len(set(ids)) == len(ids)
+    assert not [x for x in ledger(out) if "duplicate" in x["reason"]]
