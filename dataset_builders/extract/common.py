@@ -205,20 +205,34 @@ def figure_record(
     page_bbox: Optional[list[float]] = None,
     figure_label: Optional[str] = None,
     meta: Optional[Mapping[str, Any]] = None,
+    decoded: Optional[tuple[Any, str]] = None,
 ) -> dict[str, Any]:
     """A figure-level PathCap record: image normalised and hashed, caption cleaned and unlabelled.
+
+    Args:
+        decoded: ``(PIL image, "PNG" | "JPEG")`` when ``image`` is bytes the caller has just encoded
+            from those RGB or L pixels itself (a PDF page rendered): they are then kept as they
+            are and hashed from these pixels, not decoded again to be checked, unless they need
+            a change (larger than ``max_side``, another mode).
 
     Raises:
         pathasst.images.ImageRejected: the image cannot be used (its reason goes to the ledger).
         ValueError: the caption is empty once cleaned.
     """
-    from pathasst.images import normalize_image
+    from pathasst.images import NormalizedImage, image_phash, normalize_image
 
     raw = expand_ligatures(caption_raw).strip()
     label, text, continued = split_caption_label(clean_text(raw))
     if not text:
         raise ValueError("empty caption: nothing but a label")
-    img = normalize_image(image, max_side=cfg.max_side, max_pixels=cfg.max_pixels, with_phash=True)
+    pixels, fmt = decoded or (None, None)
+    if (pixels is not None and pixels.mode in ("RGB", "L") and fmt in ("PNG", "JPEG")
+            and (not cfg.max_side or max(pixels.size) <= cfg.max_side)
+            and (not cfg.max_pixels or pixels.width * pixels.height <= cfg.max_pixels)):
+        img = NormalizedImage(bytes_=bytes(image), format=fmt, width=pixels.width, height=pixels.height,
+                              mode=pixels.mode, source_mode=pixels.mode, converted=False, phash=image_phash(pixels))
+    else:
+        img = normalize_image(image, max_side=cfg.max_side, max_pixels=cfg.max_pixels, with_phash=True)
     meta = dict(meta or {})
     if continued:
         meta["continued"] = True

@@ -58,6 +58,7 @@ caption, ``<sha256[:16]>/p<page>`` for a page, the unit key for the whole file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -210,8 +211,8 @@ class _Para:
 
     lines: list[_Line]
 
-    @property
-    def bbox(self) -> Box:
+    @functools.cached_property
+    def bbox(self) -> Box:  # asked for thousands of times per page; lines are fixed once made
         return _union(ln.bbox for ln in self.lines)
 
     @property
@@ -1038,7 +1039,9 @@ def _embeddable(fig: _Figure, cfg: PdfConfig) -> bool:
     )
 
 
-def _pixels(doc: Any, page: Any, fig: _Figure, cfg: PdfConfig) -> tuple[bytes, dict[str, Any]]:
+def _pixels(doc: Any, page: Any, fig: _Figure, cfg: PdfConfig) -> tuple[bytes, dict[str, Any], Optional[tuple]]:
+    """The figure's image bytes, how they were made (``meta``), and for a rendering the pixels
+    and their format (see :func:`figure_record`'s ``decoded``)."""
     from pathasst.images import ImageRejected
 
     box = fig.bbox
@@ -1059,7 +1062,7 @@ def _pixels(doc: Any, page: Any, fig: _Figure, cfg: PdfConfig) -> tuple[bytes, d
             raise ImageRejected(f"corrupt image: embedded image xref {info['xref']} has no data")
         if data.get("ext") in ("jpeg", "jpg", "png"):
             dpi = round(72.0 * int(info["width"]) / max(w_pt, 1e-6), 1)
-            return data["image"], {"pixels": "embedded", "dpi": dpi, "xref": int(info["xref"])}
+            return data["image"], {"pixels": "embedded", "dpi": dpi, "xref": int(info["xref"])}, None
         # JPEG 2000, JBIG2, CCITT ...: mupdf decodes them when it renders; Pillow may not.
     import pymupdf
 
@@ -1072,19 +1075,22 @@ def _pixels(doc: Any, page: Any, fig: _Figure, cfg: PdfConfig) -> tuple[bytes, d
         raise ImageRejected(f"image too large: {int(pixels)} pixels at {dpi:.0f} dpi > limit {cfg.max_pixels}")
     pix = page.get_pixmap(clip=pymupdf.Rect(box), dpi=max(1, int(round(dpi))), alpha=False, colorspace=pymupdf.csRGB)
     raster_area = sum(_area(p.bbox) for p in fig.parts if p.kind == "raster")
+    from PIL import Image
+
+    # The rendered pixels go to the record with their encoding, so that it need not decode what
+    # was just encoded (measured: a fifth of the cost of a rendered figure).
+    rendered = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
     # Photographs as JPEG (quality 95, 4:4:4 like pathasst.images; the writer keeps it byte for
     # byte), encoded by Pillow: mupdf's own JPEG writer measured 12x slower. Line art as PNG.
     if raster_area >= 0.5 * _area(box):
         import io
 
-        from PIL import Image
-
         buf = io.BytesIO()
-        Image.frombytes("RGB", (pix.width, pix.height), pix.samples).save(buf, "JPEG", quality=95, subsampling=0)
-        data = buf.getvalue()
+        rendered.save(buf, "JPEG", quality=95, subsampling=0)
+        data, fmt = buf.getvalue(), "JPEG"
     else:
-        data = pix.tobytes("png")
-    return data, {"pixels": "rendered", "dpi": round(dpi, 1)}
+        data, fmt = pix.tobytes("png"), "PNG"
+    return data, {"pixels": "rendered", "dpi": round(dpi, 1)}, (rendered, fmt)
 
 
 # --- units -----------------------------------------------------------------------------------
@@ -1385,7 +1391,7 @@ def _extract_doc(doc: Any, unit: Unit, sha: str, name: str, repaired: Optional[s
 def _record(doc: Any, page: Any, pg: _Page, fig: _Figure, fid: str, sha: str, name: str, lic: License,
             lic_note: Optional[str], repaired: Optional[str], cfg: PdfConfig) -> dict[str, Any]:
     box = fig.bbox
-    image, how = _pixels(doc, page, fig, cfg)
+    image, how, decoded = _pixels(doc, page, fig, cfg)
     cap = fig.caption
     meta: dict[str, Any] = {
         "file": name,
@@ -1419,6 +1425,7 @@ def _record(doc: Any, page: Any, pg: _Page, fig: _Figure, fid: str, sha: str, na
         page=pg.index + 1,
         page_bbox=_xywh(box),
         meta=meta,
+        decoded=decoded,
     )
     if "panels_pt" in meta or fig.spans:
         # The same boxes in the pixels of the record's image (COCO [x, y, w, h]): what the
