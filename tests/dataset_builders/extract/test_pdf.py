@@ -596,3 +596,19 @@ def test_an_interrupted_pdf_resumes_without_writing_a_piece_twice(pdf_factory, t
     extract([truth.path], whole)
     assert sorted(ids) == sorted(r["id"] for r in load_records(whole, tmp_path)) and len(set(ids)) == len(ids)
     assert not [x for x in ledger(out) if "duplicate" in x["reason"]]
+
+
+def test_rendered_figures_are_kept_as_encoded_and_hashed_from_their_pixels(pdf_factory):
+    # figure_record(decoded=...): no second decode, and the same record as decoding would give
+    from pathasst.images import image_phash, normalize_image
+
+    truth = pdf_factory([pdf_factory.vector_figure_page(), pdf_factory.compound_figure_page()])
+    result = _run(truth)
+    assert len(result.records) == 2
+    for rec in result.records:
+        meta = json.loads(rec["meta"])
+        assert meta["pixels"] == "rendered"
+        again = normalize_image(rec["image"], with_phash=True)
+        assert (again.width, again.height) == (rec["width"], rec["height"]) and again.bytes_ == rec["image"]
+        if again.format == "PNG":  # lossless: the very pixels the hash was taken from
+            assert rec["phash"] == image_phash(rec["image"])
