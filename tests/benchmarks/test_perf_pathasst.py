@@ -32,4 +32,12 @@ def test_pathasst_benchmark_smoke(tmp_path, capsys):
     assert [r["stage"] for r in stages] == [1, 2]
     for r in stages:
         assert r["steps_timed_loop"] == r["steps_timed_plain"] == 1 and r["ratio_loop_to_plain"] > 0
-    assert "ratio" in capsys.readouterr().out
+        assert r["cpu_ratio_loop_to_plain"] > 0 and len(r["samples_per_cpu_s_each_loop"]) == 1
+    assert "per CPU-second" in capsys.readouterr().out
+
+
+def test_stage2_needs_stage1():
+    from pathasst.benchmarks.perf import pathasst as bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["--sections", "train", "--train-stages", "2"])
