@@ -16,6 +16,13 @@ figure ``i`` is the same whichever order or process makes it):
 - panel fit: cropped to fill its cell, or letterboxed inside it (panels of unequal sizes);
 - insets: a small panel over a corner of a big one, a zoom into the big panel or another image,
   always framed;
+- charts: a share of the panels (``chart_fraction``, 0.3 by default) are line-art plots drawn by
+  matplotlib at the panel's size (line plots, survival curves, bar charts with error bars, scatter
+  and box plots, histograms; see :mod:`.charts`), as real pathology figures mix micrographs with
+  charts. The share varies figure to figure (drawn from a Beta distribution whose mean is
+  ``chart_fraction``: many figures are all micrographs or all charts, others mix them). Chart
+  choices come from a random stream of their own, so ``chart_fraction=0`` gives exactly the
+  micrograph-only figures of earlier versions;
 - panel letters: fonts (Pillow's bundled default, plus the DejaVu and STIX faces matplotlib ships
   when it is installed, plus any ``extra_font_dirs``), sizes, cases (``A``, ``a``, ``(a)``, ``(A)``),
   corners (inside each of the four, or above the panel in the gutter), with or without a plate
@@ -24,7 +31,9 @@ figure ``i`` is the same whichever order or process makes it):
 Box conventions (COCO ``[x, y, w, h]``, pixels, in the final image):
 
 - ``subfigure``: every pixel of the panel, its border included, and nothing else: the image pasted
-  there covers exactly that rectangle.
+  there covers exactly that rectangle. A chart panel is its plotting area's frame, as in the real
+  annotations (the frame's ink, whole line width included); its tick labels, axis titles and title
+  lie outside the box, inside the chart's canvas (the rest of its cell).
 - ``panel_label``: the tight bounding box of the letter's ink (every pixel the text rendering
   touched): placed with ``ImageDraw.textbbox`` and tightened to the rendered glyph mask, because
   ``textbbox`` includes the glyphs' side bearings (up to 6 px at 30 px in DejaVu Mono). A plate
@@ -48,6 +57,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from pathasst.dataset_builders.build import charts
 
 LAYOUTS = ("grid", "rows", "columns", "big_side", "l_shape", "single")
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "grey": (232, 232, 232)}
@@ -332,6 +343,8 @@ class PanelPlan:
     border_color: tuple[int, int, int] | None = None
     inset_of: int | None = None  # index of the panel an inset overlaps
     label: LabelPlan | None = None
+    chart: Any = None  # a charts.ChartPlan: the panel is a chart drawn on ``canvas``, ``box`` its frame
+    canvas: Rect | None = None  # a chart's whole drawing (texts included); None for a picture
 
 
 @dataclasses.dataclass
@@ -351,6 +364,7 @@ class FigurePlan:
     image_format: str  # JPEG | PNG
     jpeg_quality: int
     jpeg_subsampling: int = 2  # 0: 4:4:4, 2: 4:2:0 (what most publishers' pipelines write)
+    chart_share: float = 0.0  # chance of each panel of this figure being a chart
 
 
 @dataclasses.dataclass
@@ -498,6 +512,12 @@ class CompoundFigureGenerator:
         fonts: ``(name, path)`` faces for panel letters (default :func:`available_fonts`).
         layouts: restrict to these layouts (default all of :data:`LAYOUTS`, by their weights).
         inset_rate: share of figures with an inset.
+        chart_fraction: expected share of panels that are charts (0 to 1; needs matplotlib when
+            above 0). Each figure draws its own share from ``Beta(f, 1 - f)``, mean ``f``.
+
+    Raises:
+        ValueError: a bad seed, width, layout or chart fraction; a chart fraction above 0 without
+            matplotlib installed.
 
     Example::
 
@@ -517,6 +537,7 @@ class CompoundFigureGenerator:
         fonts: Sequence[tuple[str, str | None]] | None = None,
         layouts: Sequence[str] | None = None,
         inset_rate: float = 0.2,
+        chart_fraction: float = 0.3,
     ):
         if seed < 0:
             raise ValueError(f"seed must be >= 0 (got {seed})")
@@ -533,6 +554,13 @@ class CompoundFigureGenerator:
         self._font_paths = dict(self.fonts)
         self.layout_weights = {k: v for k, v in _LAYOUT_WEIGHTS.items() if not layouts or k in layouts}
         self.inset_rate = inset_rate
+        if not 0.0 <= chart_fraction <= 1.0:
+            raise ValueError(f"chart_fraction must be within 0..1 (got {chart_fraction})")
+        if chart_fraction > 0 and not charts.matplotlib_available():
+            raise ValueError(f"chart_fraction={chart_fraction} draws chart panels with matplotlib, which is not "
+                             "installed: pip install matplotlib (it comes with pathasst[detect] and [bench]), "
+                             "or set chart_fraction=0 for micrograph-only figures")
+        self.chart_fraction = float(chart_fraction)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -556,14 +584,19 @@ class CompoundFigureGenerator:
     # -- planning ----------------------------------------------------------------------------
 
     def _plan(self, rng: np.random.Generator, index: int) -> FigurePlan:
+        # charts draw from a stream of their own: chart_fraction=0 leaves every other choice as it was
+        crng = np.random.default_rng([self.seed, index, 1])
+        f = self.chart_fraction
+        share = f if f in (0.0, 1.0) else float(crng.beta(f, 1.0 - f))
         for _attempt in range(6):
             layout = _pick(rng, self.layout_weights)
-            plan = self._try_plan(rng, index, layout)
+            plan = self._try_plan(rng, index, layout, crng=crng, chart_share=share)
             if plan is not None:
                 return plan
-        return self._try_plan(rng, index, "single", force=True)  # type: ignore[return-value]
+        return self._try_plan(rng, index, "single", force=True, crng=crng, chart_share=share)  # type: ignore[return-value]
 
-    def _try_plan(self, rng: np.random.Generator, index: int, layout: str, force: bool = False) -> FigurePlan | None:
+    def _try_plan(self, rng: np.random.Generator, index: int, layout: str, force: bool = False, *,
+                  crng: np.random.Generator | None = None, chart_share: float = 0.0) -> FigurePlan | None:
         tree = _layout_tree(rng, layout)
         fractions = _fractions(tree)
         n = len(fractions)
@@ -612,7 +645,10 @@ class CompoundFigureGenerator:
         panels: list[PanelPlan] = []
         for cell, src in zip(cells, sources):
             area = Rect(cell.x0, cell.y0 + strip, cell.x1, cell.y1)
-            panels.append(self._place(rng, area, cell, src, n, border, border_color))
+            chart = None
+            if chart_share > 0 and crng is not None and crng.random() < chart_share:
+                chart = self._place_chart(crng, area, cell)  # None: the cell is too small for a chart
+            panels.append(chart or self._place(rng, area, cell, src, n, border, border_color))
         if force and any(p.box.w < 1 or p.box.h < 1 for p in panels):
             raise RuntimeError("figure too small for any layout")
 
@@ -628,7 +664,7 @@ class CompoundFigureGenerator:
             gutter=gutter, margin=margin, case=case if labelled else None,
             position=position if labelled else None, font=font_name if labelled else None, panels=panels,
             image_format="JPEG" if rng.random() < 0.88 else "PNG", jpeg_quality=int(rng.integers(75, 96)),
-            jpeg_subsampling=0 if rng.random() < 0.4 else 2,
+            jpeg_subsampling=0 if rng.random() < 0.4 else 2, chart_share=chart_share,
         )
 
     def _sources(self, rng: np.random.Generator, n: int) -> list[int]:
@@ -658,6 +694,17 @@ class CompoundFigureGenerator:
         return PanelPlan(box=area, source=src, region=(x0, y0, x0 + cw, y0 + ch), fit="cover", cell=cell,
                          border=border, border_color=border_color)
 
+    @staticmethod
+    def _place_chart(crng: np.random.Generator, area: Rect, cell: Rect) -> PanelPlan | None:
+        """A chart drawn over the whole ``area``; its box is the plotting area's frame."""
+        chart = charts.plan_chart(crng, area.w, area.h)
+        if chart is None:
+            return None
+        fx0, fy0, fx1, fy1 = chart.frame
+        box = Rect(area.x0 + fx0, area.y0 + fy0, area.x0 + fx1, area.y0 + fy1)
+        return PanelPlan(box=box, source=-1, region=(0.0, 0.0, float(area.w), float(area.h)), fit="chart",
+                         cell=cell, chart=chart, canvas=area)
+
     def _mask(self, font_name: str, size: int, text: str) -> Image.Image:
         return _text_mask(self._font_paths[font_name], size, text)
 
@@ -673,23 +720,27 @@ class CompoundFigureGenerator:
             ok = True
             for panel, text in zip(panels, texts):
                 mask = self._mask(font_name, size, text)
-                label = self._label_box(panel, mask, position, pad, gap, dx, plate_pad if plate_mode else 0)
+                # a letter inside a chart's frame gets a plate: over lines and bars, bare ink would
+                # vanish wherever it has the colour below it
+                plated = plate_mode or (position != "outside" and panel.chart is not None)
+                label = self._label_box(panel, mask, position, pad, gap, dx, plate_pad if plated else 0)
                 if label is None:
                     ok = False
                     break
                 panel.label = LabelPlan(text=text, font=font_name, size=size, box=label, color=(0, 0, 0),
                                         position=position)
-                if plate_mode:
+                if plated:
                     panel.label.plate = Rect(label.x0 - plate_pad, label.y0 - plate_pad,
                                              label.x1 + plate_pad, label.y1 + plate_pad)
-                    panel.label.plate_color = plate_color
+                    panel.label.plate_color = plate_color if plate_mode else (255, 255, 255)
             if ok:
                 for panel in panels:
                     assert panel.label is not None
                     if position == "outside":
                         panel.label.color = (255, 255, 255) if background == "black" else (0, 0, 0)
-                    elif plate_mode:
-                        panel.label.color = (0, 0, 0) if plate_color == (255, 255, 255) else (255, 255, 255)
+                    elif panel.label.plate is not None:
+                        white = panel.label.plate_color == (255, 255, 255)
+                        panel.label.color = (0, 0, 0) if white else (255, 255, 255)
                     # inside without a plate: colour chosen at render time from the pixels below
                 return True
             size = int(size * 0.85)
@@ -701,7 +752,9 @@ class CompoundFigureGenerator:
         w, h = mask.size
         box = panel.box
         if position == "outside":
-            x0, y0 = box.x0 + dx, box.y0 - gap - h
+            # a chart's letter goes above its whole drawing (title included), as journals print it
+            anchor = panel.canvas or box
+            x0, y0 = anchor.x0 + dx, anchor.y0 - gap - h
             rect = Rect(x0, y0, x0 + w, y0 + h)
             return rect if panel.cell.contains(rect) else None
         # inside: at most 40% of the panel each way, so a corner inset and the letter never meet
@@ -714,7 +767,10 @@ class CompoundFigureGenerator:
 
     def _add_inset(self, rng, panels: list[PanelPlan], other_src: int, text: str | None, font_name: str,
                    size: int) -> None:
-        host_i = max(range(len(panels)), key=lambda i: panels[i].box.w * panels[i].box.h)
+        pictures = [i for i, p in enumerate(panels) if p.chart is None]  # insets magnify pictures, not plots
+        if not pictures:
+            return
+        host_i = max(pictures, key=lambda i: panels[i].box.w * panels[i].box.h)
         host = panels[host_i]
         if min(host.box.w, host.box.h) < 160:
             return
@@ -767,6 +823,10 @@ class CompoundFigureGenerator:
         draw = ImageDraw.Draw(canvas)
         for panel in plan.panels:
             box = panel.box
+            if panel.chart is not None:
+                assert panel.canvas is not None
+                canvas.paste(charts.render_chart(panel.chart), (panel.canvas.x0, panel.canvas.y0))
+                continue
             src = self.pool.get(panel.source)
             # bilinear: a third faster than bicubic, and figures carry both kinds of resampling
             piece = src.resize((box.w, box.h), Image.Resampling.BILINEAR, box=panel.region, reducing_gap=2.0)

@@ -107,6 +107,8 @@ class SubfigConfig:
         min_width: narrowest synthetic figure (pixels).
         max_width: widest synthetic figure (pixels).
         inset_rate: share of synthetic figures with an inset.
+        chart_fraction: expected share of synthetic panels drawn as charts (line, survival, bar,
+            scatter, box, histogram; needs matplotlib when above 0); 0 gives micrograph-only figures.
         font_dirs: extra folders of ``.ttf``/``.otf`` faces for synthetic panel letters.
         num_proc: processes generating synthetic figures.
         shard: ``K/N``: only the K-th of N disjoint parts of the inputs (each worker its own --out).
@@ -130,6 +132,7 @@ class SubfigConfig:
     min_width: int = 480
     max_width: int = 1400
     inset_rate: float = 0.2
+    chart_fraction: float = 0.3
     font_dirs: list[str] = dataclasses.field(default_factory=list)
     num_proc: int = 1
     shard: Optional[str] = None
@@ -148,6 +151,8 @@ class SubfigConfig:
             raise ValueError(f"need 160 <= min_width <= max_width (got {self.min_width}, {self.max_width})")
         if not 0.0 <= self.inset_rate <= 1.0:
             raise ValueError(f"inset_rate must be within 0..1 (got {self.inset_rate})")
+        if not 0.0 <= self.chart_fraction <= 1.0:
+            raise ValueError(f"chart_fraction must be within 0..1 (got {self.chart_fraction})")
         for name, category in self.label_map.items():
             if category not in CATEGORIES:
                 raise ValueError(f"label_map: '{name}' maps to '{category}'; categories are {', '.join(CATEGORIES)}")
@@ -504,7 +509,8 @@ def _make_generator(pool, cfg: SubfigConfig):
     from pathasst.dataset_builders.build.compound import CompoundFigureGenerator, available_fonts
 
     return CompoundFigureGenerator(pool, cfg.seed, min_width=cfg.min_width, max_width=cfg.max_width,
-                                   fonts=available_fonts(cfg.font_dirs), inset_rate=cfg.inset_rate)
+                                   fonts=available_fonts(cfg.font_dirs), inset_rate=cfg.inset_rate,
+                                   chart_fraction=cfg.chart_fraction)
 
 
 def _init_worker(entries, sizes, cfg: SubfigConfig) -> None:

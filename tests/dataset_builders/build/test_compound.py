@@ -2,8 +2,10 @@
 
 Exactness is checked against the pixels, not against the generator's own bookkeeping: with a pool
 of flat images, each in a colour of its own, every panel's colour must fill exactly its box (less
-its frame), nothing but background may lie outside the boxes, and painting the letters may change
-pixels only inside their label boxes.
+its frame), nothing but background may lie outside the boxes (and the charts' canvases), and
+painting the letters may change pixels only inside their label boxes. A chart panel's box must be
+its frame as drawn: the spines' pixels are its border rows and columns, and no text of the chart
+lies outside its canvas.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pathasst.dataset_builders.build import compound
+from pathasst.dataset_builders.build import charts, compound
 from pathasst.dataset_builders.build.compound import (
     BACKGROUNDS,
     CompoundFigureGenerator,
@@ -47,8 +49,17 @@ def _flat_pool() -> tuple[ImagePool, tuple[tuple[int, int, int], ...]]:
 @functools.lru_cache(maxsize=1)
 def _batch():
     pool, colours = _flat_pool()
-    gen = CompoundFigureGenerator(pool, seed=7, min_width=400, max_width=900)
+    gen = CompoundFigureGenerator(pool, seed=7, min_width=400, max_width=900)  # charts: the default 0.3
     return gen, [gen.generate(i) for i in range(N_FIGURES)]
+
+
+def _chart_areas(fig) -> np.ndarray:
+    """Where the figure's charts were drawn (their whole canvases)."""
+    area = np.zeros((fig.image.height, fig.image.width), bool)
+    for p in fig.plan.panels:
+        if p.canvas is not None:
+            area[p.canvas.y0:p.canvas.y1, p.canvas.x0:p.canvas.x1] = True
+    return area
 
 
 def _rect_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -83,10 +94,11 @@ def test_subfigure_boxes_hold_exactly_their_panel_pixels():
         hosts = {p.inset_of for p in plan.panels if p.inset_of is not None}
         # the objects as written, in panel order: what the dataset says, checked against the pixels
         boxes = [_xyxy(o["bbox"]) for o in fig.objects if o["category"] == "subfigure"]
+        charted = _chart_areas(fig)  # a chart's antialiased ink may hit a pool colour by chance
         for panel, (x0, y0, x1, y1) in zip(plan.panels, boxes, strict=True):
-            if panel.inset_of is not None:
+            if panel.inset_of is not None or panel.chart is not None:
                 continue
-            mask = keys == _key(colours[panel.source])
+            mask = (keys == _key(colours[panel.source])) & ~charted
             b = compound.Rect(x0, y0, x1, y1)
             expected = (b.x0 + panel.border, b.y0 + panel.border, b.x1 - panel.border, b.y1 - panel.border)
             assert _rect_of(mask) == expected, (fig.image_id, plan.layout, panel)
@@ -111,6 +123,7 @@ def test_nothing_but_background_outside_the_boxes():
         for obj in fig.objects:
             x0, y0, x1, y1 = _xyxy(obj["bbox"])
             inside[y0:y1, x0:x1] = True
+        inside |= _chart_areas(fig)  # tick labels and axis titles: outside the frame, inside the canvas
         outside = arr[~inside]
         assert np.all(outside == BACKGROUNDS[fig.plan.background]), fig.image_id
 
@@ -150,6 +163,7 @@ def test_label_boxes_are_the_letters_ink_inside_or_just_above_their_panel():
             box, b = compound.Rect(*next(written)), panel.box
             assert box == label.box
             if label.position == "outside":
+                b = panel.canvas or b  # a chart's letter is above its whole drawing
                 assert box.y1 <= b.y0 and b.y0 - box.y1 <= 6 and b.x0 <= box.x0 <= b.x0 + 3, fig.image_id
                 assert panel.cell.contains(box)
             else:
@@ -166,6 +180,125 @@ def test_label_boxes_are_the_letters_ink_inside_or_just_above_their_panel():
             checked[label.position] += 1
         assert not np.any(changed & ~painted), f"{fig.image_id}: letters changed pixels outside their boxes"
     assert set(checked) == set(compound.POSITIONS)
+
+
+def _label_areas(fig) -> np.ndarray:
+    area = np.zeros((fig.image.height, fig.image.width), bool)
+    for p in fig.plan.panels:
+        if p.label is not None:
+            r = p.label.plate or p.label.box
+            area[r.y0:r.y1, r.x0:r.x1] = True
+    return area
+
+
+def test_chart_boxes_are_their_frames_as_drawn_and_their_texts_stay_in_the_canvas():
+    _, figures = _batch()
+    kinds, closed = Counter(), Counter()
+    for fig in figures:
+        arr = np.asarray(fig.image)
+        lettered = _label_areas(fig)
+        boxes = [_xyxy(o["bbox"]) for o in fig.objects if o["category"] == "subfigure"]
+        for panel, (x0, y0, x1, y1) in zip(fig.plan.panels, boxes, strict=True):
+            chart = panel.chart
+            if chart is None:
+                continue
+            c = panel.canvas
+            assert c is not None and c.contains(panel.box) and panel.cell.contains(c), fig.image_id
+            rgb = tuple(int(chart.spine_color[i:i + 2], 16) for i in (1, 3, 5))
+            spine = np.all(arr == rgb, axis=-1)
+            frame = spine | lettered  # a letter inside the panel may sit on the frame
+            n = chart.line_px
+            # the frame's ink is the box's border: n columns at the left, n rows at the bottom, and
+            # the top and right ones too when the frame is closed
+            assert frame[y0 + n:y1 - n, x0:x0 + n].all(), (fig.image_id, "left spine is not the box's edge")
+            assert frame[y1 - n:y1, x0 + n:x1 - n].all(), (fig.image_id, "bottom spine is not the box's edge")
+            if chart.full_frame:
+                assert frame[y0:y0 + n, x0 + n:x1 - n].all(), (fig.image_id, "top spine is not the box's edge")
+                assert frame[y0 + n:y1 - n, x1 - n:x1].all(), (fig.image_id, "right spine is not the box's edge")
+            # and not one pixel more: next to the box there is no spine (tick marks cross, sparsely)
+            assert spine[y0 + n:y1 - n, x0 - 1].mean() < 0.5 and spine[y1, x0 + n:x1 - n].mean() < 0.5, fig.image_id
+            # the chart is pasted as drawn (no resizing) and nothing of it was cut at its canvas
+            drawn = np.asarray(charts.render_chart(chart))
+            keep = ~lettered[c.y0:c.y1, c.x0:c.x1]
+            assert np.array_equal(arr[c.y0:c.y1, c.x0:c.x1][keep], drawn[keep]), fig.image_id
+            tx0, ty0, tx1, ty1 = charts.chart_texts_extent()
+            assert tx0 >= -0.5 and ty0 >= -0.5 and tx1 <= c.w + 0.5 and ty1 <= c.h + 0.5, (fig.image_id, chart.kind)
+            kinds[chart.kind] += 1
+            closed[chart.full_frame] += 1
+    assert set(kinds) == set(charts.CHART_KINDS), kinds
+    assert set(closed) == {True, False}
+
+
+def test_charts_of_many_sizes_keep_their_frame_exact():
+    # beyond the batch: canvases from tiny to wide, every kind, both frames and line widths
+    for i in range(60):
+        rng = np.random.default_rng([99, i])
+        w, h = int(rng.integers(60, 800)), int(rng.integers(50, 600))
+        plan = charts.plan_chart(rng, w, h, kind=charts.CHART_KINDS[i % len(charts.CHART_KINDS)])
+        if plan is None:
+            assert w < 140 or h < 110, (w, h)  # only small canvases may refuse a chart
+            continue
+        arr = np.asarray(charts.render_chart(plan))
+        assert arr.shape == (h, w, 3)
+        x0, y0, x1, y1 = plan.frame
+        rgb = tuple(int(plan.spine_color[k:k + 2], 16) for k in (1, 3, 5))
+        spine = np.all(arr == rgb, axis=-1)
+        n = plan.line_px
+        assert spine[y0 + n:y1 - n, x0:x0 + n].all() and spine[y1 - n:y1, x0 + n:x1 - n].all(), (i, plan.kind)
+        if plan.full_frame:
+            assert spine[y0:y0 + n, x0 + n:x1 - n].all() and spine[y0 + n:y1 - n, x1 - n:x1].all(), (i, plan.kind)
+        tx0, ty0, tx1, ty1 = charts.chart_texts_extent()
+        assert tx0 >= -0.5 and ty0 >= -0.5 and tx1 <= w + 0.5 and ty1 <= h + 0.5, (i, plan.kind, w, h)
+
+
+# what the generator made before it drew charts (seed 3, figures 0..5): chart_fraction=0 must keep it
+_MICROGRAPH_ONLY_SEED3 = [
+    ("grid", 647, 228, "white", 26, 0, "upper", "top_left", 3, "JPEG"),
+    ("grid", 1191, 1131, "white", 4, 26, "lower", "top_left", 4, "JPEG"),
+    ("grid", 705, 521, "white", 0, 25, "upper", "top_left", 9, "JPEG"),
+    ("grid", 1065, 836, "black", 30, 0, "upper", "outside", 4, "PNG"),
+    ("single", 717, 525, "white", 24, 7, None, None, 2, "JPEG"),
+    ("grid", 1233, 650, "black", 0, 0, None, None, 8, "JPEG"),
+]
+
+
+def test_chart_fraction_sets_the_share_of_chart_panels_and_zero_keeps_the_earlier_figures():
+    pool, _ = _flat_pool()
+
+    def plans(fraction: float, seed: int, n: int):
+        gen = CompoundFigureGenerator(pool, seed=seed, chart_fraction=fraction)
+        return [gen._plan(np.random.default_rng([seed, i]), i) for i in range(n)]
+
+    mixed = plans(0.3, 5, 150)
+    grid = [p for plan in mixed for p in plan.panels if p.inset_of is None]
+    share = sum(p.chart is not None for p in grid) / len(grid)
+    assert 0.18 <= share <= 0.42, share
+    per_figure = [sum(p.chart is not None for p in plan.panels) / len(plan.panels) for plan in mixed]
+    assert min(per_figure) == 0 and max(per_figure) == 1 and any(0 < s < 1 for s in per_figure)
+    assert all(p.fit == "chart" and p.source == -1 for p in grid if p.chart is not None)
+
+    none = plans(0.0, 3, 6)
+    assert not any(p.chart for plan in none for p in plan.panels)
+    summary = [(p.layout, p.width, p.height, p.background, p.gutter, p.margin, p.case, p.position, len(p.panels),
+                p.image_format) for p in none]
+    assert summary == _MICROGRAPH_ONLY_SEED3
+
+    every = [p for plan in plans(1.0, 5, 40) for p in plan.panels]
+    assert sum(p.chart is not None for p in every) / len(every) >= 0.9  # cells too small keep a picture
+
+
+def test_chart_fraction_is_checked_and_needs_matplotlib(monkeypatch):
+    from pathasst.dataset_builders.build.subfig import SubfigConfig
+
+    pool, _ = _flat_pool()
+    with pytest.raises(ValueError, match="chart_fraction"):
+        CompoundFigureGenerator(pool, chart_fraction=1.5)
+    with pytest.raises(ValueError, match="chart_fraction"):
+        SubfigConfig(chart_fraction=-0.1)
+    monkeypatch.setattr(charts, "matplotlib_available", lambda: False)
+    with pytest.raises(ValueError, match="chart_fraction=0 for micrograph-only"):
+        CompoundFigureGenerator(pool, chart_fraction=0.3)
+    assert CompoundFigureGenerator(pool, chart_fraction=0).generate(0).objects
 
 
 def test_same_seed_same_figures_in_any_order_other_seed_differs():
@@ -202,6 +335,9 @@ def test_a_batch_covers_every_layout_background_case_corner_and_inset():
         p.inset_of is not None for p in f.plan.panels) for f in singles)
     counts = [sum(o["category"] == "subfigure" for o in f.objects) for f in figures]
     assert min(counts) == 1 and max(counts) >= 9
+    with_charts = [sum(p.chart is not None for p in f.plan.panels) for f in figures]
+    assert any(c == len(f.plan.panels) for c, f in zip(with_charts, figures)), "a figure of charts only"
+    assert any(0 < c < len(f.plan.panels) for c, f in zip(with_charts, figures)), "a figure mixing both"
     lines = [f.plan for f in figures if f.plan.layout in ("rows", "columns")]
     assert any(len({p.box.h for p in plan.panels if p.inset_of is None}) > 1 for plan in lines)
 
