@@ -12,7 +12,9 @@ scores one detector on both:
   turned into a PathSubfig folder through ``pathasst build subfig --coco`` (its Python API), which
   also writes the YOLO export that the evaluation reads;
 * **synthetic**: compound figures from the generator with another seed and another image pool than
-  the training figures (held out), evaluated the same way.
+  the training figures (held out), evaluated the same way. ``--chart-fraction`` sets the share of
+  chart panels in the training figures (and, unless ``--test-chart-fraction`` says otherwise, in the
+  held-out ones); 0 gives the micrograph-only figures of the first measurement.
 
 Both go through :func:`pathasst.trainers.subfig.evaluate` (``pathasst curate detect --eval``):
 mAP50 and mAP50-95 over all classes the set has, and for the ``subfigure`` class alone (the real set
@@ -210,9 +212,10 @@ def eval_yaml(yolo: str | Path, out: str | Path, images: Optional[Sequence[Path]
 # --- the synthetic side and the detector ------------------------------------------------------
 
 
-def synthetic_dataset(out: Path, figures: int, seed: int, pool_size: int = 64) -> Any:
+def synthetic_dataset(out: Path, figures: int, seed: int, pool_size: int = 64, chart_fraction: float | None = None) -> Any:
     """``figures`` synthetic compound figures from a pool of real micrograph tiles (both drawn from
-    ``seed``), built with ``pathasst build subfig --synthetic`` and exported to YOLO."""
+    ``seed``), built with ``pathasst build subfig --synthetic`` and exported to YOLO; ``chart_fraction``
+    of the panels are charts (None: the builder's default)."""
     from pathasst.benchmarks.perf.synthetic_figures import build_pool
     from pathasst.dataset_builders.build.subfig import SubfigConfig, build_subfig
 
@@ -220,7 +223,8 @@ def synthetic_dataset(out: Path, figures: int, seed: int, pool_size: int = 64) -
     pool_dir.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(build_pool(pool_size, seed)[1]):
         img.save(pool_dir / f"pool-{i:03d}.jpg", quality=92)
-    cfg = SubfigConfig(synthetic=figures, images=str(pool_dir), seed=seed, yolo_export=str(out / "yolo"))
+    extra = {} if chart_fraction is None else {"chart_fraction": chart_fraction}
+    cfg = SubfigConfig(synthetic=figures, images=str(pool_dir), seed=seed, yolo_export=str(out / "yolo"), **extra)
     return build_subfig(cfg, out / "pathsubfig", overwrite=True, progress=False)
 
 
@@ -292,23 +296,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = Path(args.model) if args.model else None
     if model is None:
         t0 = time.monotonic()
-        train_set = synthetic_dataset(work / "synthetic-train", args.train_figures, seed=args.seed)
+        train_set = synthetic_dataset(work / "synthetic-train", args.train_figures, seed=args.seed,
+                                      chart_fraction=args.chart_fraction)
         model, summary = train_detector(args.recipe, args.overrides, work / "synthetic-train" / "pathsubfig",
                                         work / "detector")
         result["training"] = {
             "recipe": args.recipe, "overrides": list(args.overrides), "figures": sum(train_set.records.values()),
+            "chart_fraction": args.chart_fraction,
             "images": summary["images"], "epochs_done": summary["epochs_done"], "seconds": summary["seconds"],
             "seconds_with_data": round(time.monotonic() - t0, 1), "val_map50": summary["map50"],
             "val_map50_95": summary["map50_95"],
         }
     result["model"] = str(model)
-    held = synthetic_dataset(work / "synthetic-test", args.test_figures, seed=args.seed + 1000)
+    test_charts = args.chart_fraction if args.test_chart_fraction is None else args.test_chart_fraction
+    held = synthetic_dataset(work / "synthetic-test", args.test_figures, seed=args.seed + 1000,
+                             chart_fraction=test_charts)
     scores = {
         "synthetic": _score(model, eval_yaml(work / "synthetic-test" / "yolo", work / "eval" / "synthetic.yaml"),
                             args.device),
         "real": _score(model, eval_yaml(work / "real" / "yolo", work / "eval" / "real.yaml"), args.device),
     }
     scores["synthetic"]["figures"] = sum(held.records.values())
+    scores["synthetic"]["chart_fraction"] = test_charts
     # per layout: the real figures' YOLO images, found by the figure id in their file names
     yolo_images = sorted(p for p in (work / "real" / "yolo" / "images").rglob("*.png"))
     by_layout: dict[str, list[Path]] = {}
@@ -339,13 +348,16 @@ def report(result: dict[str, Any]) -> str:
         t = result["training"]
         lines.append(f"detector: recipe {t['recipe']} {' '.join(t['overrides'])} on {t['figures']} synthetic figures, "
                      f"{t['epochs_done']} epochs, {t['seconds']:.0f} s training ({t['seconds_with_data']:.0f} s with "
-                     f"the data); val mAP50 {t['val_map50']:.3f}, mAP50-95 {t['val_map50_95']:.3f}")
+                     f"the data); val mAP50 {t['val_map50']:.3f}, mAP50-95 {t['val_map50_95']:.3f}; "
+                     f"chart_fraction {'default' if t.get('chart_fraction') is None else t['chart_fraction']}")
     lines.append(f"model: {result['model']}")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     rows = [("set", "images", "boxes", "mAP50", "mAP50-95", "subfig mAP50", "subfig mAP50-95", "P", "R",
              "no panel found")]
     scores = result["scores"]
-    named = [("synthetic (held out)", scores["synthetic"]), ("real", scores["real"])]
+    cf = scores["synthetic"].get("chart_fraction")
+    named = [(f"synthetic (held out{'' if cf is None else f', charts {cf:g}'})", scores["synthetic"]),
+             ("real", scores["real"])]
     named += [(f"  real: {k}", v) for k, v in scores["real_by_layout"].items()]
     for name, s in named:
         rows.append((name, str(s["images"]), str(s["instances"]), fmt(s["map50"]), fmt(s["map50_95"]),
@@ -372,6 +384,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--train-figures", type=int, default=1000, help="synthetic training figures (default 1000)")
     parser.add_argument("--test-figures", type=int, default=200, help="held-out synthetic figures (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training figures; held out: seed + 1000")
+    parser.add_argument("--chart-fraction", type=float, default=None,
+                        help="share of synthetic panels drawn as charts (default: build subfig's, 0.3; 0: "
+                             "micrograph-only figures, as before charts existed)")
+    parser.add_argument("--test-chart-fraction", type=float, default=None,
+                        help="the same for the held-out synthetic figures (default: --chart-fraction)")
     parser.add_argument("--device", default="cpu", help="evaluation device (default cpu)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
