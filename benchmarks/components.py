@@ -22,7 +22,6 @@ model's id and revision, so ``bench run`` writes the same results JSON and detai
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -35,6 +34,7 @@ from pathasst.benchmarks import metrics as M
 from pathasst.benchmarks.data import EvalData, folder_revision
 from pathasst.benchmarks.runner import RunOutput
 from pathasst.errors import ConfigError, InputError
+from pathasst.inputs import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,6 @@ def ratio_estimates(num: np.ndarray, den: np.ndarray, *, n_boot: int, seed: int,
     lo, hi = np.quantile(boots, [0.025, 0.975])
     return M.Estimate(value, float(boots.std(ddof=1)), float(lo), float(hi), n)
 
-
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _pathasst_revision() -> str:
@@ -243,7 +236,7 @@ def run_subfig(task, model: str, dataset: Optional[str], *, split: Optional[str]
     counts["detail_conf"] = DETAIL_CONF
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "weights" else checkpoint.parent
     model_id = f"{run_dir.name}/{checkpoint.name}"
-    return ComponentRun(RunOutput(est, details, counts), data, model_id, "sha256:" + _file_sha(checkpoint)[:12])
+    return ComponentRun(RunOutput(est, details, counts), data, model_id, "sha256:" + file_sha256(checkpoint)[:12])
 
 
 # --- caption_split_f1 ------------------------------------------------------------------------------
@@ -361,7 +354,7 @@ def run_caption_split(task, model: str, dataset: Optional[str], *, split: Option
         if not path.is_file():
             raise InputError(f"--dataset {dataset}: no such file or folder")
         rows = caption_rows(path)
-        data = EvalData(ds=rows, dataset_id=f"local:{path.name}", revision="sha256:" + _file_sha(path)[:12],
+        data = EvalData(ds=rows, dataset_id=f"local:{path.name}", revision="sha256:" + file_sha256(path)[:12],
                         split=task.dataset.get("split") or "test", ids=[r["id"] for r in rows], n_total=len(rows))
     elif dataset:
         from pathasst.benchmarks.data import load_eval_data
@@ -378,7 +371,7 @@ def run_caption_split(task, model: str, dataset: Optional[str], *, split: Option
         if path is None:
             raise InputError(f"task {task.name}: pass --dataset (a folder with columns caption and sub_captions)")
         rows = caption_rows(path)
-        data = EvalData(ds=rows, dataset_id=f"pathasst:{path.stem}", revision="sha256:" + _file_sha(path)[:12],
+        data = EvalData(ds=rows, dataset_id=f"pathasst:{path.stem}", revision="sha256:" + file_sha256(path)[:12],
                         split=task.dataset.get("split") or "test", ids=[r["id"] for r in rows], n_total=len(rows))
     if limit:
         data.ds, data.ids = data.ds[:limit], data.ids[:limit]
@@ -481,7 +474,7 @@ def run_pdf_pairing(task, model: str, dataset: Optional[str], *, n_boot: int, se
         if not pdf.is_file():
             skipped[doc["name"]] = f"{pdf.name} is not in {folder}"
             continue
-        if doc.get("sha256") and _file_sha(pdf) != doc["sha256"]:
+        if doc.get("sha256") and file_sha256(pdf) != doc["sha256"]:
             skipped[doc["name"]] = f"{pdf.name}: sha256 differs from the annotated document's"
             continue
         records = q.extract(pdf, model)

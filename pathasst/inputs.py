@@ -29,6 +29,15 @@ class DataRef:
         return Path(self.value)
 
 
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB pieces (inputs of any size, flat memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def require_paths(paths: Iterable[str | Path], what: str = "input") -> list[Path]:
     """Return the paths, or raise one :class:`InputError` that lists every missing one."""
     paths = [Path(p).expanduser() for p in paths]

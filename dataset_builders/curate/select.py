@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
+from pathasst.inputs import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -164,13 +164,6 @@ def _parse_shard(shard: Optional[str]) -> Optional[tuple[int, int]]:
     except ValueError as exc:
         raise ConfigError(f"--{exc}") from None
 
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _weights_hash(model_ref: str) -> Optional[str]:

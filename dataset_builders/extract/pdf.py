@@ -77,6 +77,7 @@ from pathasst.dataset_builders.extract.common import (
     figure_record,
     normalize_license,
 )
+from pathasst.inputs import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -1096,13 +1097,6 @@ def _pixels(doc: Any, page: Any, fig: _Figure, cfg: PdfConfig) -> tuple[bytes, d
 # --- units -----------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def _pdf_files(paths: list[str]) -> Iterator[Path]:
     from pathasst.inputs import require_paths
@@ -1126,7 +1120,7 @@ def iter_units(paths: list[str], cfg: PdfConfig) -> Iterator[Unit]:
     seen: dict[str, str] = {}
     for path in _pdf_files(paths):
         try:
-            sha = _sha256(path)
+            sha = file_sha256(path)
         except OSError as exc:
             tag = hashlib.sha256(str(path).encode()).hexdigest()[:16]
             yield Unit(f"pdf-unreadable:{tag}", {"path": str(path), "error": f"{type(exc).__name__}: {exc}"}, path.name)

@@ -68,6 +68,7 @@ from pathasst.dataset_builders.extract.common import (
     normalize_license,
 )
 from pathasst.errors import ConfigError, InputError
+from pathasst.inputs import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -917,13 +918,6 @@ def fetch_package(pmcid: str, cfg: PmcConfig) -> tuple[Path, OARecord]:
 # --- units -----------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _pmcid_in_xml_head(path: Path) -> Optional[str]:
     with open(path, "rb") as fh:
@@ -939,10 +933,10 @@ def _file_unit(path: Path, root: Path) -> Unit:
     if _is_package(path):
         found = _PMCID_IN_NAME.match(path.name)
         pmcid = normalize_pmcid(found[1]) if found else None
-        key = f"pmc:{pmcid}" if pmcid else f"pmc:sha256:{_sha256_file(path)}"
+        key = f"pmc:{pmcid}" if pmcid else f"pmc:sha256:{file_sha256(path)}"
         return Unit(key, {"kind": "package", "path": str(path), "pmcid": pmcid}, label=path.name)
     pmcid = _pmcid_in_xml_head(path)
-    key = f"pmc:{pmcid}" if pmcid else f"pmc:sha256:{_sha256_file(path)}"
+    key = f"pmc:{pmcid}" if pmcid else f"pmc:sha256:{file_sha256(path)}"
     return Unit(key, {"kind": "nxml", "path": str(path), "root": str(root)}, label=path.name)
 
 

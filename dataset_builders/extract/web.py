@@ -94,6 +94,7 @@ from pathasst.dataset_builders.extract.common import (
     normalize_license,
 )
 from pathasst.errors import InputError
+from pathasst.inputs import file_sha256
 
 DEFAULT_USER_AGENT = (
     f"pathasst/{__version__} (pathology figure-caption extraction for open research datasets; "
@@ -775,13 +776,6 @@ def page_license(soup, base: str) -> Optional[License]:
 # --- units -----------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _html_files(folder: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -792,7 +786,7 @@ def _html_files(folder: Path) -> Iterator[Path]:
 
 
 def _file_unit(path: Path, state: str) -> Unit:
-    return Unit(key=f"web:file:{_sha256_file(path)}", payload={"file": str(path.resolve()), "state": state},
+    return Unit(key=f"web:file:{file_sha256(path)}", payload={"file": str(path.resolve()), "state": state},
                 label=path.name)
 
 
