@@ -288,9 +288,11 @@ def test_chart_fraction_sets_the_share_of_chart_panels_and_zero_keeps_the_earlie
 
 
 def test_chart_fraction_is_checked_and_needs_matplotlib(monkeypatch):
-    from pathasst.dataset_builders.build.subfig import SubfigConfig
+    from pathasst.dataset_builders.build.subfig import SubfigConfig, _make_generator
 
     pool, _ = _flat_pool()
+    assert _make_generator(pool, SubfigConfig()).chart_fraction == 0.3  # build subfig's default
+    assert _make_generator(pool, SubfigConfig(chart_fraction=0.0)).chart_fraction == 0.0
     with pytest.raises(ValueError, match="chart_fraction"):
         CompoundFigureGenerator(pool, chart_fraction=1.5)
     with pytest.raises(ValueError, match="chart_fraction"):
