@@ -744,9 +744,10 @@ printed letter), for training and evaluating subfigure detectors.
 
 - Records by origin: {origin}. Objects: {objects}.
 - `annotated`: boxes drawn by people (Labelme, COCO); `synthetic`: figures laid out by the
-  pathasst compound-figure generator from real images, with exact boxes.
+  pathasst compound-figure generator from real images and charts it draws, with exact boxes.
 - Boxes are COCO `[x, y, width, height]` in pixels of the stored image. A `subfigure` box covers
-  the panel and its frame; a `panel_label` box is the tight box of the letter's ink.
+  the panel and its frame (for a chart: its plotting area's frame, without the tick labels and axis
+  titles outside it); a `panel_label` box is the tight box of the letter's ink.
 - Splits are assigned by a stable hash of `image_id`.
 - `rejects.jsonl` lists every input, image or box that did not make it, with the reason;
   `notes.jsonl` lists boxes clipped to their image.
