@@ -558,7 +558,7 @@ class CompoundFigureGenerator:
             raise ValueError(f"chart_fraction must be within 0..1 (got {chart_fraction})")
         if chart_fraction > 0 and not charts.matplotlib_available():
             raise ValueError(f"chart_fraction={chart_fraction} draws chart panels with matplotlib, which is not "
-                             "installed: pip install matplotlib (it comes with pathasst[detect] and [bench]), "
+                             "installed: pip install matplotlib (it comes with pathasst[demo], [detect] and [bench]), "
                              "or set chart_fraction=0 for micrograph-only figures")
         self.chart_fraction = float(chart_fraction)
 
