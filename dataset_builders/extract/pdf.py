@@ -475,8 +475,25 @@ def _visible_drawings(page: Any) -> list[dict]:
 
 
 def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], paras: list[_Para],
-                    captions: set[int], cfg: PdfConfig) -> list[Box]:
-    """Regions of vector drawings, grown by the short text around them (tick and axis labels)."""
+                    captions: set[int], cfg: PdfConfig, text_stats: Optional[dict] = None) -> list[Box]:
+    """Regions of vector drawings, grown by the short text around them (tick and axis labels).
+
+    ``text_stats``: characters by type size (``"sizes"``) and by font (``"fonts"``) of the pages
+    analysed so far, this one's added here; the body's size and font are the document's, not the
+    page's: on a page that is nearly all plot, the plot's labels outnumber the body text.
+    """
+    # The body's type size and font (most characters, counted over every page read so far, figureless
+    # ones too): labels set smaller than it, or in another font, may sit farther out.
+    stats = text_stats if text_stats is not None else {}
+    sizes: dict[float, int] = stats.setdefault("sizes", {})
+    for para in paras:
+        sizes[para.size] = sizes.get(para.size, 0) + len(para.text)
+    body_size = max(sizes, key=sizes.get) if sizes else 0.0
+    fonts: dict[str, int] = stats.setdefault("fonts", {})
+    for para in paras:
+        for ln in para.lines:
+            fonts[ln.font] = fonts.get(ln.font, 0) + len(ln.text)
+    body_font = max(fonts, key=fonts.get) if fonts else ""
     width, height = page.rect.width, page.rect.height
     page_area = width * height
     rects = []
@@ -498,16 +515,6 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
     regions = [_union(rects[i] for i in group) for group in _cluster(rects, 8.0)]
     regions = [r for r in regions if max(r[2] - r[0], r[3] - r[1]) >= cfg.min_figure_side]
     out = []
-    # The page's body type size (most characters): labels set smaller than it may sit farther out.
-    sizes: dict[float, int] = {}
-    for para in paras:
-        sizes[para.size] = sizes.get(para.size, 0) + len(para.text)
-    body_size = max(sizes, key=sizes.get) if sizes else 0.0
-    fonts: dict[str, int] = {}
-    for para in paras:
-        for ln in para.lines:
-            fonts[ln.font] = fonts.get(ln.font, 0) + len(ln.text)
-    body_font = max(fonts, key=fonts.get) if fonts else ""
     for region in regions:
         # Grow by paragraphs of short lines that touch the region: tick labels, axis titles,
         # legends. Body text (lines as wide as the region or wider) and captions stay out.
@@ -524,7 +531,7 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
                 # points (headings and body text beside a plot would otherwise snowball into it).
                 own_font = para.lines[0].font in own
                 if own_font:
-                    reach = max(10.0, 2.0 * para.size)
+                    reach = max(10.0, 3.0 * para.size)
                 elif para.size < body_size - 0.3:
                     reach = max(10.0, 1.6 * para.size)
                 else:
@@ -687,8 +694,11 @@ def _reading_order(boxes: list[Box]) -> list[int]:
 
 
 def _analyse_page(page: Any, infos: list[dict], decorations: set, cfg: PdfConfig,
-                  layout: Optional[list] = None) -> _Page:
-    """Figures, captions and body text of one page (geometry, or the layout model's boxes)."""
+                  layout: Optional[list] = None, text_stats: Optional[dict] = None) -> _Page:
+    """Figures, captions and body text of one page (geometry, or the layout model's boxes).
+
+    ``text_stats``: the document's characters by size and font so far (see :func:`_vector_regions`).
+    """
     width, height = page.rect.width, page.rect.height
     band = (cfg.header_footer_margin * height, height - cfg.header_footer_margin * height)
     lines = [ln for ln in _text_lines(page) if not (ln.bbox[3] <= band[0] or ln.bbox[1] >= band[1])]
@@ -700,7 +710,7 @@ def _analyse_page(page: Any, infos: list[dict], decorations: set, cfg: PdfConfig
         parts = _image_parts(infos, page, band, decorations, lines)
         body = [p.bbox for k, p in enumerate(paras) if k not in cap_idx
                 and not any(_centre_in(p.bbox, part.bbox) for part in parts)]
-        vectors = _vector_regions(page, drawings, band, paras, cap_idx, cfg)
+        vectors = _vector_regions(page, drawings, band, paras, cap_idx, cfg, text_stats)
         parts += [_Part("vector", r) for r in vectors]
         # Text inside an image or a drawing region (panel letters, tick labels) belongs to it.
         blockers_for_grouping = [b for b in body if not any(_contains(part.bbox, b, 2.0) for part in parts)]
@@ -1288,6 +1298,7 @@ def analyse_pdf(doc: Any, cfg: PdfConfig) -> tuple[list[_Page], dict[int, str]]:
 
         layout_doc = pymupdf.open(doc.name, filetype="pdf")
     pages: list[_Page] = []
+    text_stats: dict = {}  # the body's type size and font, counted over the pages read so far
     try:
         for page in doc:
             if page.number in page_errors:
@@ -1295,7 +1306,7 @@ def analyse_pdf(doc: Any, cfg: PdfConfig) -> tuple[list[_Page], dict[int, str]]:
             pymupdf.TOOLS.mupdf_warnings(reset=True)
             try:
                 layout = _layout_boxes(layout_doc[page.number]) if layout_doc is not None else None
-                analysed = _analyse_page(page, infos_by_page[page.number], decorations, cfg, layout)
+                analysed = _analyse_page(page, infos_by_page[page.number], decorations, cfg, layout, text_stats)
             except Exception as exc:  # noqa: BLE001
                 page_errors[page.number] = f"{type(exc).__name__}: {str(exc)[:200]}"
                 continue

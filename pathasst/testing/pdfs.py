@@ -86,6 +86,8 @@ class Figure:
         caption_rect: where the caption goes; by default just below/above the figure, or under
             the running header of the next page for ``facing``.
         caption_fontsize: caption font size in points.
+        caption_font: the caption's font (``helv``; ``tiro`` for a caption set in the body's
+            Times, as LaTeX sets it, while the plot labels itself in Helvetica).
         seed: picks the default images and the drawing.
         axis_title: vector and row plots: an x-axis title set ``axis_title_gap`` points below the
             tick labels, in the plot's label font (Helvetica) at ``axis_title_size``.
@@ -105,6 +107,7 @@ class Figure:
     panel_labels: Sequence[str] | None = None
     caption_rect: Rect | None = None
     caption_fontsize: float = 9.0
+    caption_font: str = "helv"
     seed: int = 0
     axis_title: str | None = None
     axis_title_size: float = 10.0
@@ -515,7 +518,7 @@ def make_pdf(path: str | Path, pages: Sequence[Page | Mapping[str, Any]], *, tit
                     if rc < 0:
                         raise ValueError(f"figure {fid}: sideways caption does not fit in {rect}")
                 else:
-                    _set_text(cap_page, rect, fig.caption, fig.caption_fontsize, "helv")
+                    _set_text(cap_page, rect, fig.caption, fig.caption_fontsize, fig.caption_font)
                 cap_box = _words_box(cap_page, rect)
             figures.append(
                 FigureTruth(fid, index, bbox, fig.kind, fig.caption, caption_label(fig.caption), cap_index, cap_box, panels)

@@ -532,6 +532,21 @@ def test_sideways_caption_is_below_its_figure_as_read(pdf_factory):
     assert json.loads(rec["meta"])["caption_bbox"][0] > 440  # on the page it is at the right
 
 
+# --- real-document layouts (causes of the misses on the tuning_4 vignettes) -----------------------
+
+
+def test_a_page_that_is_nearly_all_plot_still_knows_the_body_font(pdf_factory):
+    # bit-performance: a page holding one plot and its caption; the plot's Helvetica labels outnumber
+    # the caption's Times, and its legend line sits two and a half lines under the tick labels. The
+    # body's font is the document's (the text pages before), so the legend is the plot's labelling.
+    legend = "l='logical'  b='bit'  w='bitwhich'        % of max(R) in all scenarios"
+    fig = pdf_factory.Figure((120, 200, 480, 440), "Figure 1: Timings relative to R.", kind="vector",
+                             axis_title=legend, axis_title_size=12, axis_title_gap=20, caption_font="tiro",
+                             caption_fontsize=10, caption_rect=(72, 490, 523, 512))
+    truth = pdf_factory([pdf_factory.Page(texts=[_body(pdf_factory, 80, 760)]), pdf_factory.Page(figures=[fig])])
+    _one_record_covering(_run(truth), truth.figures[0])
+
+
 # --- a big PDF is written in pieces (memory flat per PDF) ------------------------------------------
 
 
