@@ -644,7 +644,14 @@ def _captions_from_paras(paras: list[_Para], page_index: int, taken: list[Box]) 
                 pb = para.bbox
                 if abs(para.size - last.size) > 0.5 or para.lines[0].font != last.lines[-1].font:
                     continue  # another type: the body text after the caption
-                if not (-1.0 <= pb[1] - last.bbox[3] <= 0.9 * last.size + 2):
+                below = -1.0 <= pb[1] - last.bbox[3] <= 0.9 * last.size + 2
+                # The rest of a caption line that the text layer set as a block of its own (after
+                # inline math: "... x" then "1 + x2 + x3, with" and the lines under it): it starts
+                # within the height of the caption's last line, after its start (the same column:
+                # the overlap test below).
+                first, end = para.lines[0].bbox, last.lines[-1].bbox
+                rest_of_line = end[1] < first[1] < end[3] and first[0] > end[0]
+                if not (below or rest_of_line):
                     continue
                 if _overlap(pb[0], pb[2], lb[0], lb[2]) < 0.5 * min(pb[2] - pb[0], lb[2] - lb[0]):
                     continue

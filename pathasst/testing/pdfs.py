@@ -88,6 +88,10 @@ class Figure:
         caption_fontsize: caption font size in points.
         caption_font: the caption's font (``helv``; ``tiro`` for a caption set in the body's
             Times, as LaTeX sets it, while the plot labels itself in Helvetica).
+        caption_break: the caption from the first occurrence of this text on is set as a text
+            object of its own, written before the rest and starting a few points back on the line
+            where the first part ends: the way a subscript of inline math that overlaps its letter
+            (TeX's "x" then "1 + x2 + x3, with ...") makes the text layer start a new block there.
         seed: picks the default images and the drawing.
         axis_title: vector and row plots: an x-axis title set ``axis_title_gap`` points below the
             tick labels, in the plot's label font (Helvetica) at ``axis_title_size``.
@@ -108,6 +112,7 @@ class Figure:
     caption_rect: Rect | None = None
     caption_fontsize: float = 9.0
     caption_font: str = "helv"
+    caption_break: str | None = None
     seed: int = 0
     axis_title: str | None = None
     axis_title_size: float = 10.0
@@ -304,6 +309,34 @@ def _fill_text(page: Any, rect: Sequence[float], fontsize: float, fontname: str,
     if best:
         _set_text(page, rect, best, fontsize, fontname)
     return best
+
+
+def _set_split_caption(page: Any, rect: Sequence[float], text: str, brk: str, fontsize: float, fontname: str) -> None:
+    """Set ``text`` in ``rect`` with everything from ``brk`` on in a text object of its own (see
+    ``Figure.caption_break``), written under the first part in the content stream."""
+    import pymupdf
+
+    if brk not in text:
+        raise ValueError(f"caption_break {brk!r} is not in the caption {text[:60]!r}")
+    cut = text.index(brk)
+    _set_text(page, rect, text[:cut].rstrip(), fontsize, fontname)
+    lines = [ln for b in page.get_text("dict", clip=pymupdf.Rect(rect))["blocks"] for ln in b.get("lines", ())]
+    lines.sort(key=lambda ln: ln["spans"][0]["origin"][1])
+    last = lines[-1]
+    leading = (last["spans"][0]["origin"][1] - lines[-2]["spans"][0]["origin"][1]) if len(lines) > 1 else 1.2 * fontsize
+    pieces, x, y, current = [], last["bbox"][2] - 4.0, last["spans"][0]["origin"][1] + 1.5, ""
+    for word in text[cut:].split():
+        trial = f"{current} {word}".strip()
+        if current and x + pymupdf.get_text_length(trial, fontname, fontsize) > rect[2]:
+            pieces.append(((x, y), current))
+            x, y, current = rect[0], y + leading, word
+        else:
+            current = trial
+    pieces.append(((x, y), current))
+    if y > rect[3]:
+        raise ValueError(f"text does not fit in {tuple(rect)} at {fontsize}pt: {text[:60]!r}...")
+    for point, words in reversed(pieces):  # each under the ones before: first in the content stream
+        page.insert_text(point, words, fontsize=fontsize, fontname=fontname, overlay=False)
 
 
 def _caption_height(text: str, width: float, fontsize: float) -> float:
@@ -517,6 +550,8 @@ def make_pdf(path: str | Path, pages: Sequence[Page | Mapping[str, Any]], *, tit
                                                  fontname="helv", rotate=90)
                     if rc < 0:
                         raise ValueError(f"figure {fid}: sideways caption does not fit in {rect}")
+                elif fig.caption_break:
+                    _set_split_caption(cap_page, rect, fig.caption, fig.caption_break, fig.caption_fontsize, fig.caption_font)
                 else:
                     _set_text(cap_page, rect, fig.caption, fig.caption_fontsize, fig.caption_font)
                 cap_box = _words_box(cap_page, rect)

@@ -547,6 +547,23 @@ def test_a_page_that_is_nearly_all_plot_still_knows_the_body_font(pdf_factory):
     _one_record_covering(_run(truth), truth.figures[0])
 
 
+def test_a_caption_line_split_by_inline_math_stays_one_caption(pdf_factory):
+    # partial-residuals: "... model y ~ x" | "1 + x2 + x3, with / moderately correlated predictors." the
+    # subscript starts a text block of its own; left out, its lines stood between caption and figure
+    fig = pdf_factory.Figure((90, 150, 500, 330), "Figure 5: Predictor effect displays with partial residuals for the "
+                             "individual predictors in the incorrect model y ~ x 1 + x2 + x3, with moderately "
+                             "correlated predictors.", kind="vector", caption_position="above",
+                             caption_break="1 + x2", caption_font="tiro", caption_fontsize=10,
+                             caption_rect=(90, 80, 420, 140))
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 420, 700)])])
+    import pymupdf
+
+    with pymupdf.open(truth.path) as doc:  # the fixture does split the caption in two blocks
+        blocks = [b for b in doc[0].get_text("dict")["blocks"] if b["bbox"][3] < 145 and b.get("lines")]
+    assert len(blocks) == 2
+    _one_record_covering(_run(truth), truth.figures[0], side="above")
+
+
 # --- a big PDF is written in pieces (memory flat per PDF) ------------------------------------------
 
 
