@@ -421,6 +421,7 @@ def _cluster(boxes: list[Box], tol: float) -> list[list[int]]:
     return list(groups.values())
 
 
+_WORDY = re.compile(r"\w")
 _TICKS = re.compile(r"[\d\s.,:%+\-\u2212\u2013eE/()]+")
 
 
@@ -545,8 +546,10 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
             if grown == region:
                 break
             region = grown
-        # A frame full of text is a sidebar or a ruled table, not a figure.
-        inside = sum(_area(ln.bbox) for p in paras for ln in p.lines if _centre_in(ln.bbox, region))
+        # A frame full of text is a sidebar or a ruled table, not a figure. Rows of symbols with no
+        # letter or digit ("+ + + +": a plot's points, drawn as characters) are no such text.
+        inside = sum(_area(ln.bbox) for p in paras for ln in p.lines
+                     if _centre_in(ln.bbox, region) and _WORDY.search(ln.text))
         if inside > 0.35 * _area(region):
             continue
         out.append(region)

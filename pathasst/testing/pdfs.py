@@ -97,6 +97,8 @@ class Figure:
             tick labels, in the plot's label font (Helvetica) at ``axis_title_size``.
         tick_row: vector and row plots: the x tick labels as one line of numbers across the axis
             ("4100 4200 4300 ...", as a map's axis is often set) instead of one label per bar.
+        text_markers: vector and row plots: the plot's points drawn as characters, rows of "+"
+            over the whole plot area (R's ``pch = "+"``), as much text as drawing.
         subcaptions: row plots: a sub-caption set under each plot ("(a) Type B."), in
             ``subcaption_font`` a line and a half below the plot.
     """
@@ -118,6 +120,7 @@ class Figure:
     axis_title_size: float = 10.0
     axis_title_gap: float = 12.0
     tick_row: bool = False
+    text_markers: bool = False
     subcaptions: Sequence[str] | None = None
     subcaption_font: str = "tiro"
     panel_gap: float = 30.0
@@ -373,6 +376,10 @@ def _draw_vector(page: Any, rect: Rect, seed: int, fig: Figure | None = None) ->
         while pymupdf.get_text_length(sep.join(str(4100 + 100 * i) for i in range(n)), "helv", 7) < x1 - left:
             sep += " "  # spread over the whole axis, as one line of text
         page.insert_text((left - 8, y1 - 5), sep.join(str(4100 + 100 * i) for i in range(n)), fontsize=7, fontname="helv")
+    if fig and fig.text_markers:
+        row = " ".join("+" * 1 for _ in range(int((right - left - 8) / 8)))
+        for my in np.arange(top + 10, bottom - 2, 7.0):
+            page.insert_text((left + 4, my), row, fontsize=10, fontname="helv", color=(0.8, 0.2, 0.1))
     points = [(left + (i + 0.5) * slot, bottom - v * (bottom - top)) for i, v in enumerate(rng.uniform(0.1, 0.9, n))]
     page.draw_polyline(points, color=(0.8, 0.1, 0.1), width=1.2)
     for p in points:

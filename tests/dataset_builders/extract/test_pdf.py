@@ -564,6 +564,14 @@ def test_a_caption_line_split_by_inline_math_stays_one_caption(pdf_factory):
     _one_record_covering(_run(truth), truth.figures[0], side="above")
 
 
+def test_points_drawn_as_characters_do_not_make_a_plot_a_text_frame(pdf_factory):
+    # jss15: Geweke plots with pch = "+": rows of "+" cover the plot; it is a figure, not a sidebar
+    fig = pdf_factory.Figure((120, 120, 470, 330), "Figure 4: Geweke diagnostics of the chains.", kind="vector",
+                             text_markers=True)
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 420, 700)])])
+    _one_record_covering(_run(truth), truth.figures[0])
+
+
 # --- a big PDF is written in pieces (memory flat per PDF) ------------------------------------------
 
 
