@@ -514,7 +514,16 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
     if not rects:
         return []
     regions = [_union(rects[i] for i in group) for group in _cluster(rects, 8.0)]
-    regions = [r for r in regions if max(r[2] - r[0], r[3] - r[1]) >= cfg.min_figure_side]
+    side = cfg.min_figure_side
+    big = [r for r in regions if max(r[2] - r[0], r[3] - r[1]) >= side]
+    # Small multiples: a grid of plots each narrower than min_figure_side (a 5 x 5 matrix of
+    # autocorrelation plots) is one figure. Plots at least half that size, four or more of them
+    # within three group gaps of each other, are kept; the grouping below joins them.
+    small = [r for r in regions if side / 2 <= max(r[2] - r[0], r[3] - r[1]) < side]
+    for group in _cluster(small, 3 * cfg.group_gap):
+        if len(group) >= 4:
+            big += [small[i] for i in group]
+    regions = big
     out = []
     for region in regions:
         # Grow by paragraphs of short lines that touch the region: tick labels, axis titles,

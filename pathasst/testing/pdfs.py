@@ -78,7 +78,8 @@ class Figure:
         kind: ``raster`` (one placed image), ``vector`` (drawn with lines, rectangles, curves and
             tick labels), ``compound`` (a grid of placed images with panel labels), or ``row``
             (``grid[1]`` separate vector plots side by side, ``panel_gap`` points of white between
-            them, as LaTeX subfigures or a row of R plots are set).
+            them, as LaTeX subfigures or a row of R plots are set; ``grid[0]`` such rows when it
+            is more than one: small multiples).
         figure_id: defaults to ``p<page>-f<n>``.
         images: encoded images to place (raster: one; compound: one per panel); default tissue tiles.
         grid: compound layout as (rows, columns).
@@ -400,10 +401,18 @@ def _draw_vector(page: Any, rect: Rect, seed: int, fig: Figure | None = None) ->
 
 
 def _place_row(page: Any, fig: Figure) -> Rect:
-    """``grid[1]`` vector plots side by side in ``fig.rect`` with their sub-captions; the whole box."""
+    """``grid[1]`` vector plots side by side in ``fig.rect`` with their sub-captions; the whole box.
+    ``grid[0]`` rows of them, ``panel_gap`` apart, when it is more than one (small multiples)."""
     import pymupdf
 
-    n = fig.grid[1]
+    rows, n = fig.grid
+    if rows > 1:
+        x0, y0, x1, y1 = fig.rect
+        h = (y1 - y0 - fig.panel_gap * (rows - 1)) / rows
+        row = dataclasses.replace(fig, grid=(1, n))
+        return _round(_union([_place_row(page, dataclasses.replace(
+            row, rect=(x0, y0 + r * (h + fig.panel_gap), x1, y0 + r * (h + fig.panel_gap) + h), seed=fig.seed + 10 * r))
+            for r in range(rows)]))  # type: ignore[arg-type]
     x0, y0, x1, y1 = fig.rect
     subs = list(fig.subcaptions or [])
     sub_h = 14.0 if subs else 0.0

@@ -572,6 +572,17 @@ def test_points_drawn_as_characters_do_not_make_a_plot_a_text_frame(pdf_factory)
     _one_record_covering(_run(truth), truth.figures[0])
 
 
+def test_small_multiples_narrower_than_the_figure_minimum_are_one_figure(pdf_factory):
+    # mcmc demo: a 5 x 5 matrix of autocorrelation plots, each under 40 points wide
+    fig = pdf_factory.Figure((150, 200, 441, 392), "Figure 2: Autocorrelation plot of MCMC output.", kind="row",
+                             grid=(4, 5), panel_gap=4)  # each plot's drawing about 25 x 23 points
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 460, 700)])])
+    _one_record_covering(_run(truth), truth.figures[0])
+    alone = pdf_factory.Figure((180, 250, 235, 295), None, kind="vector")  # one such plot alone is a decoration
+    result = _run(pdf_factory([pdf_factory.Page(figures=[alone], texts=[_body(pdf_factory, 460, 700)])]))
+    assert not result.records and not [r for r in result.rejects if r[1].startswith("no caption")]
+
+
 # --- a big PDF is written in pieces (memory flat per PDF) ------------------------------------------
 
 
