@@ -544,6 +544,11 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
                     reach = max(10.0, 3.0 * para.size)
                 elif para.size < body_size - 0.3:
                     reach = max(10.0, 1.6 * para.size)
+                elif (len(para.lines) == 1 and len(para.text.strip()) <= 8 and para.size <= body_size + 0.3
+                      and _TICKS.fullmatch(para.text.strip()) and re.search(r"\d", para.text)):
+                    # a number alone in the body's type (not larger: a section number "3.2"): a tick
+                    # label or an axis title "1" of a plot typeset in the body's font
+                    reach = max(10.0, 1.6 * para.size)
                 else:
                     reach = 10.0
                 if k in captions or _contains(grown, pb) or not _touches(_grow(grown, reach), pb):

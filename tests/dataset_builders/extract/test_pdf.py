@@ -583,6 +583,17 @@ def test_small_multiples_narrower_than_the_figure_minimum_are_one_figure(pdf_fac
     assert not result.records and not [r for r in result.rejects if r[1].startswith("no caption")]
 
 
+def test_a_number_alone_under_a_plot_is_its_axis_title_not_body_text(pdf_factory):
+    # tikzDevice: the plot typeset in the body's own font and size, its x-axis title "1" a line and
+    # a half under the tick labels; as body text it stood between the plot and its caption
+    fig = pdf_factory.Figure((150, 120, 400, 300), "Figure 2: Output from tikz().", kind="vector", axis_title="1",
+                             axis_title_size=10, axis_title_gap=10)
+    body = pdf_factory.Text((56, 420, 539, 700), None, fontname="helv", seed=3)  # the plot's font and size
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[body])])
+    result = _run(truth)
+    _one_record_covering(result, truth.figures[0])
+
+
 # --- a big PDF is written in pieces (memory flat per PDF) ------------------------------------------
 
 
