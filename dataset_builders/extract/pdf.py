@@ -910,6 +910,33 @@ def _pair_page(page: _Page, max_dist: float, convention: Optional[str] = None) -
         fig = page.figures[fi]
         fig.caption, fig.pairing, fig.distance = captions[ci], captions[ci].reading_side(side), round(dist, 2)
     _merge_panels_over_caption(page, max_dist)
+    _pair_across_white(page, max_dist, convention)
+
+
+def _pair_across_white(page: _Page, max_dist: float, convention: Optional[str]) -> None:
+    """A figure and a caption both left alone pair across up to twice ``max_dist`` of white.
+
+    A plot exported with empty space under it (a device taller than its panels) leaves its caption
+    farther off than any caption sits from its figure; with nothing printed between them and
+    neither paired, the caption on the document's caption side (below when it has none) is still
+    that figure's.
+    """
+    paired = {id(f.caption) for f in page.figures if f.caption is not None}
+    side = convention or "below"
+    for cap in page.captions:
+        if cap.kind != "figure" or id(cap) in paired:
+            continue
+        best = None
+        for fig in page.figures:
+            if fig.caption is not None:
+                continue
+            found = _candidates(fig, cap, page.blockers + [o.bbox for o in page.figures if o is not fig]
+                                + [o.bbox for o in page.captions if o is not cap], 2 * max_dist)
+            if found and found[1] == side and found[2] > max_dist and (best is None or found[2] < best[0]):
+                best = (found[2], fig)
+        if best is not None:
+            best[1].caption, best[1].pairing, best[1].distance = cap, cap.reading_side(side), round(best[0], 2)
+            paired.add(id(cap))
 
 
 def _join(page: _Page, loose: list[_Figure]) -> _Figure:

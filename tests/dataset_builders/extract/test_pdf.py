@@ -594,6 +594,19 @@ def test_a_number_alone_under_a_plot_is_its_axis_title_not_body_text(pdf_factory
     _one_record_covering(result, truth.figures[0])
 
 
+def test_a_caption_across_wide_white_is_still_its_figures(pdf_factory):
+    # spacetime jss816: the plot exported with empty space under it, its caption 105 points down
+    fig = pdf_factory.Figure((150, 120, 440, 260), "Figure 11: EOFs of space-time interpolations of wind.",
+                             kind="vector", caption_rect=(80, 370, 520, 392))
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 420, 700)])])
+    rec = _one_record_covering(_run(truth), truth.figures[0])
+    assert json.loads(rec["meta"])["caption_distance"] > PdfConfig().caption_max_distance
+    # with a paragraph printed in the white, the two stay apart
+    gap_text = pdf_factory.Text((56, 300, 539, 340), None, fontname="tiro", seed=5)
+    result = _run(pdf_factory([pdf_factory.Page(figures=[fig], texts=[gap_text, _body(pdf_factory, 420, 700)])]))
+    assert not result.records
+
+
 # --- a big PDF is written in pieces (memory flat per PDF) ------------------------------------------
 
 
