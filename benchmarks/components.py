@@ -22,6 +22,7 @@ model's id and revision, so ``bench run`` writes the same results JSON and detai
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -93,15 +94,7 @@ def ratio_estimates(num: np.ndarray, den: np.ndarray, *, n_boot: int, seed: int,
         d = den[idx].sum()
         return float(num[idx].sum() / d) if d else 0.0
 
-    rows = len(num)
-    value = stat(np.arange(rows))
-    if rows < 2 or n_boot <= 0:
-        return M.Estimate(value, None, None, None, n)
-    rng = np.random.default_rng(seed)
-    boots = np.array([stat(rng.integers(0, rows, rows)) for _ in range(n_boot)])
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return M.Estimate(value, float(boots.std(ddof=1)), float(lo), float(hi), n)
-
+    return dataclasses.replace(M.bootstrap_ci(len(num), stat, n_boot=n_boot, seed=seed), n=n)
 
 
 def _pathasst_revision() -> str:

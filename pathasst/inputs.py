@@ -6,6 +6,7 @@ Checked before any work starts, so a typo costs one line of error, not an hour o
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,11 @@ class DataRef:
     @property
     def path(self) -> Path:
         return Path(self.value)
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The project's cache folder: ``cache_dir``, else ``$PATHASST_CACHE``, else ``~/.cache/pathasst``."""
+    return Path(cache_dir or os.environ.get("PATHASST_CACHE") or "~/.cache/pathasst").expanduser()
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

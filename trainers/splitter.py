@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from pathasst.errors import ConfigError, InputError
+from pathasst.inputs import cache_root
 from pathasst.trainers.loop import TrainArgs, TrainConfigError, TrainTask
 
 if TYPE_CHECKING:
@@ -154,12 +155,6 @@ class SplitterConfig(TrainArgs):
 
 # --------------------------------------------------------------------------------------------
 # base models
-
-
-def cache_root(cache_dir: Optional[str] = None) -> Path:
-    """The cache folder: ``cache_dir``, else ``$PATHASST_CACHE``, else ``~/.cache/pathasst``."""
-    value = cache_dir or os.environ.get("PATHASST_CACHE") or "~/.cache/pathasst"
-    return Path(value).expanduser()
 
 
 def smollm2_package_dir() -> Optional[Path]:
@@ -561,7 +556,6 @@ __all__ = [
     "SplitterConfig",
     "SplitterTask",
     "build_tiny",
-    "cache_root",
     "encode_pair",
     "load_base",
     "main",

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -43,7 +42,7 @@ import unicodedata
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Sequence
-from pathasst.inputs import file_sha256
+from pathasst.inputs import cache_root, file_sha256
 
 METHODS = ("geometry", "layout")
 MATCH_WORDS = 4  # opening words of the caption that must match (after the label)
@@ -54,8 +53,7 @@ def default_labels() -> Path:
 
 
 def default_cache() -> Path:
-    root = os.environ.get("PATHASST_CACHE") or "~/.cache/pathasst"
-    return Path(root).expanduser() / "pdf-quality"
+    return cache_root() / "pdf-quality"
 
 
 def load_labels(path: Path) -> list[dict[str, Any]]:

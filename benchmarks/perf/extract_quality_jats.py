@@ -44,7 +44,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import posixpath
 import re
 import shutil
@@ -58,7 +57,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from pathasst.benchmarks.perf.extract_quality import _norm, _ratio
-from pathasst.inputs import file_sha256
+from pathasst.inputs import cache_root, file_sha256
 
 #: The closing words must end the caption, give or take this many trailing words (an inline formula
 #: at the very end flattens into tokens nobody can label as printed).
@@ -74,8 +73,7 @@ def default_labels() -> Path:
 
 
 def default_cache() -> Path:
-    root = os.environ.get("PATHASST_CACHE") or "~/.cache/pathasst"
-    return Path(root).expanduser() / "jats-quality"
+    return cache_root() / "jats-quality"
 
 
 def load_labels(path: Path) -> list[dict[str, Any]]:
