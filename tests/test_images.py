@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from pathasst.images import DEFAULT_MAX_PIXELS, ImageRejected, NormalizedImage, image_phash, load_rgb, normalize_image
+from pathasst.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageRejected,
+    NormalizedImage,
+    encode_png_fast,
+    image_phash,
+    load_rgb,
+    normalize_image,
+)
 from pathasst.testing.images import (
     make_huge_image_header,
     make_image,
@@ -325,6 +333,16 @@ def test_phash_is_stable_across_input_forms(tmp_path):
     assert _hamming(image_phash(make_image("RGB", size=(96, 96), seed=7, fmt="JPEG")), h) <= 4
 
 
+def test_phash_of_a_pil_image_applies_its_orientation_and_leaves_it_alone():
+    stored = make_image("RGB", size=(64, 48), fmt="PNG", orientation=6)
+    img = Image.open(io.BytesIO(stored))
+    img.load()
+    before = (img.mode, img.size, img.tobytes())
+    upright = pil_image("RGB", size=(64, 48)).transpose(Image.Transpose.ROTATE_270)
+    assert image_phash(img) == image_phash(upright) == image_phash(stored)
+    assert (img.mode, img.size, img.tobytes()) == before
+
+
 def test_phash_differs_for_different_images():
     hashes = {image_phash(make_image("RGB", size=(96, 96), seed=s)) for s in range(6)}
     assert len(hashes) == 6
@@ -355,3 +373,35 @@ def test_phash_from_normalize_matches_image_phash_of_the_result():
         else:  # re-encoded JPEG: a bit or two of 64 may move
             assert bin(int(out.phash, 16) ^ int(again, 16)).count("1") <= 4, mode
     assert normalize_image(make_image("RGB")).phash is None
+
+
+# --- encode_png_fast: the PDF extractor's writer for rendered charts --------------------------
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 3), (64, 1), (1, 40), (301, 173)])
+def test_fast_png_decodes_to_the_same_pixels(size):
+    rng = np.random.default_rng(size[0] * 1000 + size[1])
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    pixels[size[1] // 2:] = pixels[: size[1] - size[1] // 2]  # repeated rows: the Up filter's zeros
+    data = encode_png_fast(pixels.tobytes(), *size)
+    img = Image.open(io.BytesIO(data))
+    img.verify()  # chunk CRCs and structure
+    img = Image.open(io.BytesIO(data))
+    assert (img.format, img.mode, img.size) == ("PNG", "RGB", size)
+    assert np.array_equal(np.asarray(img), pixels)
+
+
+def test_fast_png_honours_the_row_stride_and_passes_normalize_unchanged():
+    rows = np.arange(5 * 16, dtype=np.uint8).reshape(5, 16)  # 16-byte rows holding 4 pixels + padding
+    data = encode_png_fast(memoryview(rows.tobytes()), 4, 5, stride=16)
+    got = np.asarray(Image.open(io.BytesIO(data)))
+    assert np.array_equal(got.reshape(5, 12), rows[:, :12])
+    out = normalize_image(data)
+    assert (out.converted, out.format, out.bytes_) == (False, "PNG", data)
+
+
+def test_fast_png_refuses_a_buffer_too_small_or_an_empty_image():
+    with pytest.raises(ValueError, match="do not hold 4x2 RGB pixels"):
+        encode_png_fast(b"\0" * 23, 4, 2)
+    with pytest.raises(ValueError, match="at least one pixel"):
+        encode_png_fast(b"", 0, 3)

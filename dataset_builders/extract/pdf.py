@@ -495,7 +495,8 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
         for ln in para.lines:
             fonts[ln.font] = fonts.get(ln.font, 0) + len(ln.text)
     body_font = max(fonts, key=fonts.get) if fonts else ""
-    width, height = page.rect.width, page.rect.height
+    rect = page.rect  # once: each page.rect works out the page's rotation again
+    width, height = rect.width, rect.height
     page_area = width * height
     rects = []
     for path in drawings:
@@ -572,7 +573,8 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
 
 def _image_parts(infos: list[dict], page: Any, band: tuple[float, float], decorations: set,
                  lines: list[_Line]) -> list[_Part]:
-    width, height = page.rect.width, page.rect.height
+    rect = page.rect  # once: each page.rect works out the page's rotation again
+    width, height = rect.width, rect.height
     parts = []
     for info in infos:
         x0, y0, x1, y1 = info["bbox"]
@@ -723,7 +725,8 @@ def _analyse_page(page: Any, infos: list[dict], decorations: set, cfg: PdfConfig
 
     ``text_stats``: the document's characters by size and font so far (see :func:`_vector_regions`).
     """
-    width, height = page.rect.width, page.rect.height
+    rect = page.rect  # once: each page.rect works out the page's rotation again
+    width, height = rect.width, rect.height
     band = (cfg.header_footer_margin * height, height - cfg.header_footer_margin * height)
     lines = [ln for ln in _text_lines(page) if not (ln.bbox[3] <= band[0] or ln.bbox[1] >= band[1])]
     paras = _paragraphs(lines)
@@ -1141,9 +1144,11 @@ def _pixels(doc: Any, page: Any, fig: _Figure, cfg: PdfConfig) -> tuple[bytes, d
 
     # The rendered pixels go to the record with their encoding, so that it need not decode what
     # was just encoded (measured: a fifth of the cost of a rendered figure).
-    rendered = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
+    rendered = Image.frombytes("RGB", (pix.width, pix.height), pix.samples_mv)  # one copy, not two
     # Photographs as JPEG (quality 95, 4:4:4 like pathasst.images; the writer keeps it byte for
-    # byte), encoded by Pillow: mupdf's own JPEG writer measured 12x slower. Line art as PNG.
+    # byte), encoded by Pillow: mupdf's own JPEG writer measured 12x slower. Line art as PNG, by
+    # encode_png_fast: mupdf's PNG writer was the costliest step of a rendered chart (its docstring
+    # has the numbers).
     if raster_area >= 0.5 * _area(box):
         import io
 
@@ -1151,7 +1156,9 @@ def _pixels(doc: Any, page: Any, fig: _Figure, cfg: PdfConfig) -> tuple[bytes, d
         rendered.save(buf, "JPEG", quality=95, subsampling=0)
         data, fmt = buf.getvalue(), "JPEG"
     else:
-        data, fmt = pix.tobytes("png"), "PNG"
+        from pathasst.images import encode_png_fast
+
+        data, fmt = encode_png_fast(pix.samples_mv, pix.width, pix.height, stride=pix.stride), "PNG"
     return data, {"pixels": "rendered", "dpi": round(dpi, 1)}, (rendered, fmt)
 
 
