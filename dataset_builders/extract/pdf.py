@@ -626,6 +626,50 @@ def _group(parts: list[_Part], blockers: list[Box], gap: float) -> list[list[_Pa
     return groups
 
 
+def _attach_strips(groups: list[list[_Part]], blockers: list[Box], cfg: PdfConfig) -> list[list[_Part]]:
+    """Join a strip too narrow to be a figure to the figure it runs along: a colour key.
+
+    A heat map's colour key (a gradient strip with its ticks and numbers, R's image plots, pheatmap)
+    or a scale beside a plot is set a little farther from the plot than the panels of one figure
+    are from each other; alone it is narrower than ``min_figure_side`` and would be dropped, and its
+    numbers would then count as printed text between the figure and its caption. A group narrower
+    than that minimum joins a figure when it lies beside it within twice ``group_gap`` with nothing
+    printed between, runs along at least half the figure's side, and lies along it over at least
+    80% of its own length (a rule or a strip longer than the figure does not).
+    """
+    side = cfg.min_figure_side
+    boxes = [_union(p.bbox for p in g) for g in groups]
+    big = [i for i, b in enumerate(boxes) if min(b[2] - b[0], b[3] - b[1]) >= side]
+    joined: dict[int, int] = {}
+    for i, b in enumerate(boxes):
+        if i in big or min(b[2] - b[0], b[3] - b[1]) >= side:
+            continue
+        best = None
+        for j in big:
+            f = boxes[j]
+            gap = _gap(b, f)
+            if gap > 2 * cfg.group_gap:
+                continue
+            beside = b[0] >= f[2] - 1 or b[2] <= f[0] + 1  # left or right of the figure: a vertical strip
+            lo, hi, flo, fhi = (b[1], b[3], f[1], f[3]) if beside else (b[0], b[2], f[0], f[2])
+            if _overlap(lo, hi, flo, fhi) < 0.8 * (hi - lo) or hi - lo < 0.5 * (fhi - flo):
+                continue
+            between = _between(b, f)
+            if between and any(_area(_inter(between, t)) > 1.0 for t in blockers
+                               if not _contains(b, t) and not _contains(f, t)):
+                continue
+            if best is None or gap < best[0]:
+                best = (gap, j)
+        if best is not None:
+            joined[i] = best[1]
+    if not joined:
+        return groups
+    out = {j: list(groups[j]) for j in range(len(groups)) if j not in joined}
+    for i, j in joined.items():
+        out[j] += groups[i]
+    return [out[j] for j in sorted(out)]
+
+
 def _between(a: Box, b: Box) -> Optional[Box]:
     """The strip between two boxes that do not overlap (None when they do)."""
     if b[0] >= a[2]:
@@ -741,7 +785,8 @@ def _analyse_page(page: Any, infos: list[dict], decorations: set, cfg: PdfConfig
         parts += [_Part("vector", r) for r in vectors]
         # Text inside an image or a drawing region (panel letters, tick labels) belongs to it.
         blockers_for_grouping = [b for b in body if not any(_contains(part.bbox, b, 2.0) for part in parts)]
-        groups = _group(parts, blockers_for_grouping + [paras[k].bbox for k in cap_idx], cfg.group_gap)
+        blockers_here = blockers_for_grouping + [paras[k].bbox for k in cap_idx]
+        groups = _attach_strips(_group(parts, blockers_here, cfg.group_gap), blockers_here, cfg)
         figures = []
         for group in groups:
             box = _union(p.bbox for p in group)

@@ -102,6 +102,10 @@ class Figure:
             over the whole plot area (R's ``pch = "+"``), as much text as drawing.
         subcaptions: row plots: a sub-caption set under each plot ("(a) Type B."), in
             ``subcaption_font`` a line and a half below the plot.
+        colour_key: raster figures: a heat map's colour key ``colour_key_gap`` points to the right
+            of the image, as R's image plots draw it: a 100 x 1 pixel gradient stretched to a strip
+            6 points wide and as tall as the image, framed, with tick marks and numbers 0-7 at 5
+            points, the lowest centred on the image's bottom edge (so it hangs below the image).
     """
 
     rect: Rect
@@ -125,6 +129,8 @@ class Figure:
     subcaptions: Sequence[str] | None = None
     subcaption_font: str = "tiro"
     panel_gap: float = 30.0
+    colour_key: bool = False
+    colour_key_gap: float = 15.5
 
 
 @dataclasses.dataclass
@@ -400,6 +406,31 @@ def _draw_vector(page: Any, rect: Rect, seed: int, fig: Figure | None = None) ->
     return _round(_union([tuple(r) for r in drawn] + words))  # type: ignore[arg-type]
 
 
+def _draw_colour_key(page: Any, fig: Figure) -> Rect:
+    """A heat map's colour key right of ``fig.rect`` (see ``Figure.colour_key``); returns its box."""
+    import io
+
+    import numpy as np
+    import pymupdf
+    from PIL import Image
+
+    x0, y0, x1, y1 = fig.rect
+    kx0 = x1 + fig.colour_key_gap
+    kx1 = kx0 + 6.0
+    ramp = np.linspace((20, 40, 160), (240, 240, 250), 100).astype(np.uint8).reshape(100, 1, 3)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    page.insert_image(pymupdf.Rect(kx0, y0, kx1, y1), stream=buf.getvalue(), keep_proportion=False)
+    page.draw_rect(pymupdf.Rect(kx0, y0, kx1, y1), color=(0, 0, 0), width=0.5)
+    right = kx1
+    for i in range(8):
+        y = y1 - i * (y1 - y0) / 7
+        page.draw_line((kx1, y), (kx1 + 3, y), color=(0, 0, 0), width=0.5)
+        page.insert_text((kx1 + 5, y + 2.2), str(i), fontsize=5, fontname="helv")
+        right = max(right, kx1 + 5 + pymupdf.get_text_length(str(i), "helv", 5))
+    return (kx0, y0, right, y1 + 3.0)
+
+
 def _place_row(page: Any, fig: Figure) -> Rect:
     """``grid[1]`` vector plots side by side in ``fig.rect`` with their sub-captions; the whole box.
     ``grid[0]`` rows of them, ``panel_gap`` apart, when it is more than one (small multiples)."""
@@ -527,7 +558,7 @@ def make_pdf(path: str | Path, pages: Sequence[Page | Mapping[str, Any]], *, tit
             if fig.kind == "raster":
                 data = fig.images[0] if fig.images else _default_image(fig.seed, fig.rect)
                 page.insert_image(pymupdf.Rect(fig.rect), stream=data, keep_proportion=False)
-                bbox = _round(fig.rect)
+                bbox = _round(_union([fig.rect, _draw_colour_key(page, fig)]) if fig.colour_key else fig.rect)
             elif fig.kind == "compound":
                 panels = _place_compound(page, fig)
                 bbox = _round(_union(p.bbox for p in panels))  # type: ignore[arg-type]

@@ -687,3 +687,21 @@ def test_rendered_figures_are_kept_as_encoded_and_hashed_from_their_pixels(pdf_f
         assert (again.width, again.height) == (rec["width"], rec["height"]) and again.bytes_ == rec["image"]
         if again.format == "PNG":  # lossless: the very pixels the hash was taken from
             assert rec["phash"] == image_phash(rec["image"])
+
+
+def test_a_heat_maps_colour_key_is_part_of_its_figure(pdf_factory):
+    # seriation p15: two image plots, each with its colour key 15.5 points to the right (a 100 x 1
+    # gradient image stretched into a strip, a frame, ticks, numbers); the key, alone too narrow
+    # for a figure, was dropped, and its lowest number, hanging below the image, then stood
+    # between the figure and its caption as printed text
+    fig = pdf_factory.Figure((120, 130, 262, 272), "Figure 2: Matrix shading of the distance matrix for the iris data, before and after.",
+                             colour_key=True, caption_rect=(120, 293, 507, 310))
+    second = pdf_factory.Figure((336, 130, 478, 272), None, colour_key=True, seed=5)
+    truth = pdf_factory([pdf_factory.Page(figures=[fig, second], texts=[_body(pdf_factory, 330, 700)])])
+    rec = _one_record_covering(_run(truth), truth.figures[0])
+    assert box(rec["page_bbox"])[2] >= truth.figures[1].bbox[2] - TOL  # both plots and both keys
+    # a strip farther off than two group gaps is not the image's: it does not join
+    far = pdf_factory.Figure((120, 130, 262, 272), "Figure 2: Matrix shading of the distance matrix.",
+                             colour_key=True, colour_key_gap=40, caption_rect=(120, 293, 290, 330))
+    rec = _run(pdf_factory([pdf_factory.Page(figures=[far], texts=[_body(pdf_factory, 330, 700)])])).records
+    assert [box(r["page_bbox"])[2] for r in rec] == [pytest.approx(262, abs=1)]
