@@ -17,7 +17,10 @@ from pathasst.testing.jats import JatsFigure, make_jats_article
 
 def test_the_shipped_labels_are_consistent():
     articles = q.load_labels(q.default_labels())
-    assert {a["set"] for a in articles} == {"tuning", "held_out", "held_out_2"}
+    assert {a["set"] for a in articles} == {"tuning", "held_out", "held_out_2", "tuning_2", "held_out_3"}
+    beyond_plos = [a for a in articles if a["set"] in ("tuning_2", "held_out_3")]
+    assert len(beyond_plos) >= 5 and len({a["package"] for a in beyond_plos}) >= 2
+    assert not any(a["ids"].get("doi", "").startswith("10.1371/") for a in beyond_plos)  # no PLOS article there
     assert len(articles) >= 15 and sum(len(a["figures"]) for a in articles) >= 60
     assert len({a["name"] for a in articles}) == len(articles)
     assert len({a["package"] for a in articles}) >= 2
