@@ -19,8 +19,9 @@ sends them to the ledger instead.
 Safety, because OA packages and XML come from outside:
 
 - XML: the prolog is read by expat with handlers that refuse any entity declaration (XXE, billion
-  laughs, parameter entities) before the document is parsed; nothing is ever fetched (no DTD, no
-  external entity); named HTML/MathML entities from the external JATS DTD (``&nbsp;``) map to their
+  laughs, parameter entities) before the document is parsed, except an external parameter entity
+  that is only declared, never referenced (it expands to nothing: the Springer Nature API's JATS names
+  its DTDs that way); nothing is ever fetched (no DTD, no external entity); named HTML/MathML entities from the external JATS DTD (``&nbsp;``) map to their
   characters from a fixed table. Text that is not valid in its declared encoding is repaired
   (invalid bytes read as Windows-1252) and flagged in ``meta``.
 - Archives: members are read in memory (``extractfile``), never extracted to disk. A package with
@@ -216,8 +217,18 @@ def _refuse_declarations(data: bytes) -> None:
     declaration, no entity to expand or resolve: the document is then parsed without handlers.
     """
     parser = expat.ParserCreate()
+    # Parameter-entity references are reported (to external_ref, which loads nothing) so that a
+    # reference to a declared one is seen; the parse of the document itself never reads them.
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_UNLESS_STANDALONE)
+    external_parameters: dict[str, str] = {}  # system id -> name of a declared external parameter entity
 
     def entity_decl(name, is_parameter, value, base, system_id, public_id, notation):
+        if is_parameter and value is None and system_id:
+            # Only declared, an external parameter entity expands to nothing and fetches nothing
+            # (the Springer Nature API's JATS names the JATS and BITS DTDs this way and never
+            # references them); a reference to it is refused in external_ref.
+            external_parameters.setdefault(system_id, name)
+            return
         kind = "parameter entity" if is_parameter else "entity"
         where = f"external: {system_id}" if system_id else "internal"
         raise UnsafeXML(
@@ -229,6 +240,14 @@ def _refuse_declarations(data: bytes) -> None:
         raise UnsafeXML(f"unsafe XML: the DOCTYPE declares unparsed entity '{name}' ({system_id}); refused")
 
     def external_ref(context, base, system_id, public_id):
+        name = external_parameters.get(system_id)
+        if name is not None:
+            raise UnsafeXML(
+                f"unsafe XML: the DOCTYPE declares parameter entity '{name}' (external: {system_id}) and "
+                "references it; refused, not fetched"
+            )
+        if context is None:
+            return 1  # the external DTD subset (<!DOCTYPE article SYSTEM "...dtd">): skipped, never read
         raise UnsafeXML(f"unsafe XML: reference to external entity {system_id!r}; refused, not fetched")
 
     def root_start(name, attrs):

@@ -5,12 +5,16 @@
   segment: a folder of such articles gave no unit at all, and the graphic never resolved.
 * Older articles (NLM Archiving DTD 2.x) state the licence only in a ``<copyright-statement>``, with
   no ``<permissions>``/``<license>``: every figure went to the ledger for want of a licence.
+* The Springer Nature API's JATS declares its DTDs as external parameter entities that nothing
+  references: the whole article went to the ledger as unsafe XML.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 from pathasst.config import load_config
 from pathasst.dataset_builders.extract import pmc
@@ -103,3 +107,34 @@ def test_noncommercial_licence_in_a_copyright_statement_is_flagged():
         "non-commercial use.").encode("utf-8"))[0]
     meta = pmc.article_meta(root)
     assert (meta.license.name, meta.license.noncommercial, meta.license_from) == ("CC BY-NC 3.0", True, "copyright-statement")
+
+
+# The Springer Nature API's JATS declares the JATS and BITS DTDs as external parameter entities in its
+# DOCTYPE and never references them: the whole article went to the ledger as "unsafe XML".
+def springer_doctype(url: str, referenced: bool = False) -> str:
+    return (f'<!DOCTYPE response [\n<!ENTITY % article SYSTEM "{url}/JATS-archivearticle1.dtd">\n'
+            f'<!ENTITY % book-part-wrapper SYSTEM "{url}/BITS-book2.dtd">\n' + ("%article;\n" if referenced else "") + "]>")
+
+
+def test_external_parameter_entities_only_declared_are_harmless_and_never_fetched(tmp_path, http_server):
+    http_server.routes["/JATS-archivearticle1.dtd"] = (200, {}, b'<!ENTITY nbsp "pwned">')
+    xml = make_jats_article("PMC4000005", doctype=False)
+    declared = xml.replace("?>\n", "?>\n" + springer_doctype(http_server.url) + "\n", 1)
+    referenced = make_jats_article("PMC4000006", doctype=False).replace(
+        "?>\n", "?>\n" + springer_doctype(http_server.url, referenced=True) + "\n", 1)
+    for name, text in (("declared", declared), ("referenced", referenced)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "article.nxml").write_text(text, encoding="utf-8")
+        for i in (1, 2):
+            (tmp_path / name / f"gr{i}.jpg").write_bytes(to_bytes(tissue_tile(64, i), "JPEG"))
+
+    _, records, rejects = run_folder(tmp_path)
+
+    assert http_server.requests == []  # declared or referenced, nothing is fetched
+    assert [r["source_id"] for r in records] == ["PMC4000005", "PMC4000005"]
+    # a reference to the external parameter entity is still refused, whole
+    assert len(rejects) == 1 and rejects[0][1].startswith(
+        "unsafe XML: the DOCTYPE declares parameter entity 'article' (external: http://127.0.0.1")
+    assert "and references it" in rejects[0][1]
+    with pytest.raises(pmc.UnsafeXML, match="parameter entity 'p' \\(internal\\)"):  # internal ones carry markup
+        pmc.parse_xml(b"<!DOCTYPE r [<!ENTITY % p \"<!ENTITY g 'x'>\"> %p;]><r/>")
