@@ -5,7 +5,8 @@ Inputs, each one :class:`~pathasst.dataset_builders.extract.common.Unit` per art
 - an OA package (``PMC1234567.tar.gz``, as PMC serves them: the ``.nxml`` article and its
   graphics in one folder);
 - a folder, searched recursively for ``.nxml`` files, ``.xml`` files that are JATS articles (as
-  PLOS ships them), their graphics beside them, and OA packages;
+  PLOS ships them) or wrap them (PMC's ``<pmc-articleset>``, the Springer Nature API's
+  ``<response>``), their graphics beside them, and OA packages;
 - ``pmcid:PMC1234567`` (``--pmcid`` on the command line): the package link is asked of the PMC OA
   web service (``oa.fcgi?id=...``), the package downloaded with retries and cached in ``work_dir``.
 
@@ -1050,19 +1051,56 @@ def _licence_for(fig: FigureInfo, meta: ArticleMeta, oa_license: Optional[str], 
 
 def extract_article(article: Article, cfg: PmcConfig, result: UnitResult, unit_key: str,
                     oa_license: Optional[str] = None) -> None:
-    """Append the records and rejections of one article's figures to ``result``."""
+    """Append the records and rejections of the article's figures to ``result``.
+
+    A document whose root wraps articles (PMC's ``<pmc-articleset>``, the Springer Nature API's
+    ``<response>``) gives the figures of each ``<article>`` it holds, each with that article's ids.
+    """
     try:
         root, repair = parse_xml(article.xml)
     except PmcRejected as exc:
         result.reject(unit_key, exc.reason, file=article.name)
         return
-    if _local(root.tag) != "article":
-        result.reject(unit_key, f"not a JATS article: root element <{_local(root.tag)}>", file=article.name)
+    roots = article_elements(root)
+    if not roots:
+        result.reject(unit_key, f"not a JATS article: root element <{_local(root.tag)}> holds no <article>",
+                      file=article.name)
         return
+    for index, element in enumerate(roots):
+        fallback = hashlib.sha256(article.xml).hexdigest()[:16] + (f"-{index + 1}" if len(roots) > 1 else "")
+        _extract_article_element(element, article, cfg, result, unit_key, oa_license, repair,
+                                 hint=article.pmcid_hint if len(roots) == 1 else None, fallback=fallback)
+
+
+def article_elements(root: ET.Element) -> list[ET.Element]:
+    """The JATS ``<article>`` elements of a document: the root, or those a wrapper holds.
+
+    A wrapper is what a service puts around articles: PMC's E-utilities answer with
+    ``<pmc-articleset>``, the Springer Nature API with ``<response><records><article>``. Articles are
+    not nested in JATS (``<sub-article>`` is another element), so the outermost ones are taken.
+    """
+    if _local(root.tag) == "article":
+        return [root]
+    found: list[ET.Element] = []
+
+    def walk(node: ET.Element) -> None:
+        for child in node:
+            if _local(child.tag) == "article":
+                found.append(child)
+            else:
+                walk(child)
+
+    walk(root)
+    return found
+
+
+def _extract_article_element(root: ET.Element, article: Article, cfg: PmcConfig, result: UnitResult, unit_key: str,
+                             oa_license: Optional[str], repair: Optional[str], *, hint: Optional[str],
+                             fallback: str) -> None:
     meta = article_meta(root)
-    pmcid = meta.pmcid or article.pmcid_hint
+    pmcid = meta.pmcid or hint
     if pmcid is None:
-        pmcid = f"doi:{meta.doi}" if meta.doi else f"sha256:{hashlib.sha256(article.xml).hexdigest()[:16]}"
+        pmcid = f"doi:{meta.doi}" if meta.doi else f"sha256:{fallback}"
     figures = list(iter_figures(root))
     if not figures:
         result.reject(unit_key, f"no figures: article {pmcid} has no <fig> element", file=article.name)
@@ -1216,6 +1254,7 @@ __all__ = [
     "SOURCE",
     "UnsafePackage",
     "UnsafeXML",
+    "article_elements",
     "article_meta",
     "extract_article",
     "extract_unit",

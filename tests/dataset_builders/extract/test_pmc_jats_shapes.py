@@ -7,6 +7,8 @@
   no ``<permissions>``/``<license>``: every figure went to the ledger for want of a licence.
 * The Springer Nature API's JATS declares its DTDs as external parameter entities that nothing
   references: the whole article went to the ledger as unsafe XML.
+* The Springer Nature API wraps its ``<article>`` in ``<response><records>``, PMC's E-utilities in
+  ``<pmc-articleset>``: "not a JATS article", nothing extracted.
 """
 
 from __future__ import annotations
@@ -138,3 +140,44 @@ def test_external_parameter_entities_only_declared_are_harmless_and_never_fetche
     assert "and references it" in rejects[0][1]
     with pytest.raises(pmc.UnsafeXML, match="parameter entity 'p' \\(internal\\)"):  # internal ones carry markup
         pmc.parse_xml(b"<!DOCTYPE r [<!ENTITY % p \"<!ENTITY g 'x'>\"> %p;]><r/>")
+
+
+# The Springer Nature API answers with its JATS <article> inside <response><records>, and PMC's
+# E-utilities with <pmc-articleset>: "not a JATS article: root element <response>", nothing extracted.
+def wrapped(root: str, *articles: str, head: str = "") -> str:
+    bodies = "".join(a.split("?>\n", 1)[1] for a in articles)  # each article without its XML declaration
+    return f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}>{head}<records>{bodies}</records></{root}>\n'
+
+
+def test_articles_inside_a_wrapper_each_give_their_figures_with_their_own_ids(tmp_path):
+    one = make_jats_article("PMC4000007", [JatsFigure("F1", "Fig. 1", None, ["Granuloma [12]"], graphic="MediaObjects/a_Fig1_HTML")],
+                            doctype=False)
+    two = make_jats_article("PMC4000008", [JatsFigure("F1", "Fig. 1", None, ["Giant cells."], graphic="b_Fig1_HTML")],
+                            license="CC BY-NC 4.0", doi="10.1234/two", doctype=False)
+    api = tmp_path / "api"
+    (api / "MediaObjects").mkdir(parents=True)
+    (api / "response.xml").write_text(wrapped("response", one, head="<apiMessage>provided by a publisher</apiMessage>"),
+                                      encoding="utf-8")
+    (api / "MediaObjects" / "a_Fig1_HTML.png").write_bytes(to_bytes(tissue_tile(64, 1), "PNG"))
+    efetch = tmp_path / "efetch"
+    efetch.mkdir()
+    (efetch / "articleset.xml").write_text(wrapped("pmc-articleset", one.replace("PMC4000007", "PMC4000009"), two),
+                                           encoding="utf-8")
+    for name in ("MediaObjects/a_Fig1_HTML.png", "b_Fig1_HTML.png"):
+        (efetch / name).parent.mkdir(exist_ok=True)
+        (efetch / name).write_bytes(to_bytes(tissue_tile(64, 2), "PNG"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "set.xml").write_text("<pmc-articleset><article-like/></pmc-articleset>\n<!-- <article> -->",
+                                                encoding="utf-8")
+
+    units, records, rejects = run_folder(tmp_path)
+
+    assert len(units) == 3
+    assert [(r["source_id"], r["license"], json.loads(r["meta"])["graphic"]) for r in records] == [
+        ("PMC4000007", "CC BY 4.0", "MediaObjects/a_Fig1_HTML.png"),
+        ("PMC4000009", "CC BY 4.0", "MediaObjects/a_Fig1_HTML.png"),
+        ("PMC4000008", "CC BY-NC 4.0", "b_Fig1_HTML.png"),
+    ]
+    assert json.loads(records[2]["meta"])["doi"] == "10.1234/two"
+    assert [reason for _, reason, _ in rejects] == [
+        "not a JATS article: root element <pmc-articleset> holds no <article>"]
