@@ -498,7 +498,7 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
     rect = page.rect  # once: each page.rect works out the page's rotation again
     width, height = rect.width, rect.height
     page_area = width * height
-    rects = []
+    rects, white = [], []
     for path in drawings:
         r = path["rect"]
         box = (max(r.x0, 0.0), max(r.y0, 0.0), min(r.x1, width), min(r.y1, height))
@@ -510,10 +510,18 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
             continue  # page backgrounds and frames
         fill, stroke = path.get("fill"), path.get("color")
         if stroke is None and fill is not None and all(c >= 0.98 for c in fill):
-            continue  # white fills: erasers and label backgrounds, invisible on paper
+            white.append(box)  # erasers and label backgrounds, invisible on paper; or a canvas
+            continue
         rects.append(box)
     if not rects:
         return []
+    # A white rectangle under three or more visible drawings is the plot's canvas (R's pdf and tikz
+    # devices paint one first): short text printed on it, a credit line, a sub-title, is the
+    # plot's, not body text between the plot and its caption (see below). One holding a caption
+    # is a float's background, not a plot's. The canvas itself is no ink: two plots side by side
+    # may have canvases that touch, and stay two figures.
+    canvases = [box for box in white if sum(_contains(box, r, 1.0) for r in rects) >= 3
+                and not any(_centre_in(paras[k].bbox, box) for k in captions)]
     regions = [_union(rects[i] for i in group) for group in _cluster(rects, 8.0)]
     side = cfg.min_figure_side
     big = [r for r in regions if max(r[2] - r[0], r[3] - r[1]) >= side]
@@ -561,6 +569,12 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
             if grown == region:
                 break
             region = grown
+        for canvas in canvases:
+            if _area(_inter(region, canvas)) >= 0.9 * _area(region):
+                on_it = [para.bbox for k, para in enumerate(paras)
+                         if k not in captions and len(para.lines) <= 3 and _centre_in(para.bbox, canvas)]
+                region = _union([region] + on_it)
+                break
         # A frame full of text is a sidebar or a ruled table, not a figure. Rows of symbols with no
         # letter or digit ("+ + + +": a plot's points, drawn as characters) are no such text.
         inside = sum(_area(ln.bbox) for p in paras for ln in p.lines
@@ -683,6 +697,28 @@ def _between(a: Box, b: Box) -> Optional[Box]:
     return None
 
 
+def _on_the_line_of(para: _Para, last_line: Box, size: float) -> bool:
+    """``para`` goes on with a line ending at ``last_line``: its first line's middle within that
+    line's height, starting after its start and no more than a space of ``size`` after its end."""
+    first = para.lines[0].bbox
+    return (last_line[1] < (first[1] + first[3]) / 2 < last_line[3] and first[0] > last_line[0]
+            and first[0] - last_line[2] <= size)
+
+
+def _rest_of_caption_lines(paras: list[_Para], starts: set[int]) -> set[int]:
+    """Paragraphs that only continue the last line of a caption paragraph (or of such a piece): a
+    caption line that the text layer broke into blocks at inline math or a lowered letter."""
+    found: set[int] = set()
+    frontier = set(starts)
+    while frontier:
+        new = {j for j, para in enumerate(paras) if j not in starts and j not in found
+               for k in frontier if _on_the_line_of(para, paras[k].lines[-1].bbox, paras[k].size)
+               and abs(para.size - paras[k].size) <= 0.5}
+        found |= new
+        frontier = new
+    return found
+
+
 def _captions_from_paras(paras: list[_Para], page_index: int, taken: list[Box]) -> tuple[list[_Caption], set[int]]:
     """Caption paragraphs and their continuations (later paragraphs of the same column, type size
     and leading that do not open with a label). Returns the captions and the paragraphs used."""
@@ -700,7 +736,7 @@ def _captions_from_paras(paras: list[_Para], page_index: int, taken: list[Box]) 
         while True:
             last = chain[-1]
             lb = _union(p.bbox for p in chain)
-            nxt = None
+            best: Optional[tuple] = None
             for j, para in enumerate(paras):
                 if j in used:
                     continue
@@ -709,21 +745,24 @@ def _captions_from_paras(paras: list[_Para], page_index: int, taken: list[Box]) 
                     continue  # another type: the body text after the caption
                 below = -1.0 <= pb[1] - last.bbox[3] <= 0.9 * last.size + 2
                 # The rest of a caption line that the text layer set as a block of its own (after
-                # inline math: "... x" then "1 + x2 + x3, with" and the lines under it): it starts
-                # within the height of the caption's last line, after its start (the same column:
-                # the overlap test below).
+                # inline math: "... x" then "1 + x2 + x3, with" and the lines under it; a logo
+                # with a lowered letter, "X" "E" "LaTeX example"): it sits on the caption's last
+                # line (its middle within that line's height), after its start, and either in
+                # the same column (the overlap test) or where the line left off.
                 first, end = para.lines[0].bbox, last.lines[-1].bbox
-                rest_of_line = end[1] < first[1] < end[3] and first[0] > end[0]
+                rest_of_line = end[1] < (first[1] + first[3]) / 2 < end[3] and first[0] > end[0]
                 if not (below or rest_of_line):
                     continue
-                if _overlap(pb[0], pb[2], lb[0], lb[2]) < 0.5 * min(pb[2] - pb[0], lb[2] - lb[0]):
+                same_column = _overlap(pb[0], pb[2], lb[0], lb[2]) >= 0.5 * min(pb[2] - pb[0], lb[2] - lb[0])
+                if not same_column and not _on_the_line_of(para, end, last.size):
                     continue
                 if any(_centre_in(pb, t) for t in taken):
                     continue
-                nxt = j
+                if best is None or (rest_of_line, -first[0]) > best[0]:
+                    best = ((rest_of_line, -first[0]), j)  # the line's own continuation, leftmost first
+            if best is None:
                 break
-            if nxt is None:
-                break
+            nxt = best[1]
             used.add(nxt)
             chain.append(paras[nxt])
         captions.append(_Caption(page_index, 0, chain, kind))
@@ -778,6 +817,7 @@ def _analyse_page(page: Any, infos: list[dict], decorations: set, cfg: PdfConfig
 
     if layout is None:
         cap_idx = {k for k, p in enumerate(paras) if _caption_label(p.lines[0].text) or _TABLE_LABEL.match(p.lines[0].text)}
+        cap_idx |= _rest_of_caption_lines(paras, cap_idx)  # not a plot's labels, however short
         parts = _image_parts(infos, page, band, decorations, lines)
         body = [p.bbox for k, p in enumerate(paras) if k not in cap_idx
                 and not any(_centre_in(p.bbox, part.bbox) for part in parts)]

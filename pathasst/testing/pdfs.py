@@ -106,6 +106,11 @@ class Figure:
             of the image, as R's image plots draw it: a 100 x 1 pixel gradient stretched to a strip
             6 points wide and as tall as the image, framed, with tick marks and numbers 0-7 at 5
             points, the lowest centred on the image's bottom edge (so it hangs below the image).
+        canvas_note: vector plots: the plot is drawn on a white canvas (an unstroked white
+            rectangle 30 points beyond the drawing area on each side, painted first, as R's pdf and
+            tikz devices paint their background) and this note is set in the body's font (Times,
+            10 points) near the canvas's bottom edge, 26 points under the tick labels: a credit
+            line or sub-title of the plot, too far from the axes to pass for one of its labels.
     """
 
     rect: Rect
@@ -131,6 +136,7 @@ class Figure:
     panel_gap: float = 30.0
     colour_key: bool = False
     colour_key_gap: float = 15.5
+    canvas_note: str | None = None
 
 
 @dataclasses.dataclass
@@ -364,6 +370,8 @@ def _draw_vector(page: Any, rect: Rect, seed: int, fig: Figure | None = None) ->
 
     rng = np.random.default_rng(seed)
     x0, y0, x1, y1 = rect
+    if fig and fig.canvas_note:
+        page.draw_rect(pymupdf.Rect(x0 - 30, y0 - 30, x1 + 30, y1 + 30), color=None, fill=(1, 1, 1))
     left, bottom, top, right = x0 + 24, y1 - 16, y0 + 6, x1 - 6
     page.draw_line((left, bottom), (right, bottom), color=(0, 0, 0), width=0.8)  # x axis
     page.draw_line((left, bottom), (left, top), color=(0, 0, 0), width=0.8)  # y axis
@@ -403,6 +411,10 @@ def _draw_vector(page: Any, rect: Rect, seed: int, fig: Figure | None = None) ->
         page.insert_text(((left + right - width) / 2, base), fig.axis_title, fontsize=fig.axis_title_size,
                          fontname="helv")
         words += [w[:4] for w in page.get_text("words", clip=pymupdf.Rect(x0, y1, x1, base + fig.axis_title_size))]
+    if fig and fig.canvas_note:
+        width = pymupdf.get_text_length(fig.canvas_note, "tiro", 10)
+        page.insert_text(((x0 + x1 - width) / 2, y1 + 26), fig.canvas_note, fontsize=10, fontname="tiro")
+        words += [w[:4] for w in page.get_text("words", clip=pymupdf.Rect(x0 - 30, y1 + 12, x1 + 30, y1 + 30))]
     return _round(_union([tuple(r) for r in drawn] + words))  # type: ignore[arg-type]
 
 

@@ -705,3 +705,22 @@ def test_a_heat_maps_colour_key_is_part_of_its_figure(pdf_factory):
                              colour_key=True, colour_key_gap=40, caption_rect=(120, 293, 290, 330))
     rec = _run(pdf_factory([pdf_factory.Page(figures=[far], texts=[_body(pdf_factory, 330, 700)])])).records
     assert [box(r["page_bbox"])[2] for r in rec] == [pytest.approx(262, abs=1)]
+
+
+def test_a_plot_on_a_white_canvas_owns_the_text_on_it(pdf_factory):
+    # tikzDevice p20: the plot's device paints a white background, and a credit line sits on it
+    # 26 points under the axis in the body's font: as body text it stood between the plot and
+    # its caption, and a code listing alone on the facing page took the caption instead
+    fig = pdf_factory.Figure((150, 150, 450, 400), "Figure 6: Result of an example with fonts.", kind="vector",
+                             canvas_note="Some rights reserved, cc-by-sa")
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 470, 700)])])
+    _one_record_covering(_run(truth), truth.figures[0])
+
+
+def test_a_caption_line_broken_by_a_lowered_letter_stays_one_caption(pdf_factory):
+    # tikzDevice p20: "Figure 6: Result of X" "E" "LaTeX example", the E of the XeLaTeX logo set
+    # lower as a block of its own and the rest another block starting where the E ends
+    fig = pdf_factory.Figure((150, 150, 450, 400), "Figure 6: Result of X E LaTeX example.",
+                             kind="vector", caption_break="E LaTeX")
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 470, 700)])])
+    _one_record_covering(_run(truth), truth.figures[0])
