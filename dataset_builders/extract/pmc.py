@@ -220,7 +220,8 @@ def _refuse_declarations(data: bytes) -> None:
     parser = expat.ParserCreate()
     # Parameter-entity references are reported (to external_ref, which loads nothing) so that a
     # reference to a declared one is seen; the parse of the document itself never reads them.
-    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_UNLESS_STANDALONE)
+    # ALWAYS, not UNLESS_STANDALONE: a document calling itself standalone="yes" is no exception.
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_ALWAYS)
     external_parameters: dict[str, str] = {}  # system id -> name of a declared external parameter entity
 
     def entity_decl(name, is_parameter, value, base, system_id, public_id, notation):

@@ -138,6 +138,11 @@ def test_external_parameter_entities_only_declared_are_harmless_and_never_fetche
     assert len(rejects) == 1 and rejects[0][1].startswith(
         "unsafe XML: the DOCTYPE declares parameter entity 'article' (external: http://127.0.0.1")
     assert "and references it" in rejects[0][1]
+    standalone = referenced.replace('<?xml version="1.0" encoding="UTF-8"?>', '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>', 1)
+    assert "standalone" in standalone
+    with pytest.raises(pmc.UnsafeXML, match="and references it"):  # standalone="yes" is no way around it
+        pmc.parse_xml(standalone.encode())
+    assert http_server.requests == []
     with pytest.raises(pmc.UnsafeXML, match="parameter entity 'p' \\(internal\\)"):  # internal ones carry markup
         pmc.parse_xml(b"<!DOCTYPE r [<!ENTITY % p \"<!ENTITY g 'x'>\"> %p;]><r/>")
 
