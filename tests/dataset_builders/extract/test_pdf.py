@@ -724,3 +724,24 @@ def test_a_caption_line_broken_by_a_lowered_letter_stays_one_caption(pdf_factory
                              kind="vector", caption_break="E LaTeX")
     truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 470, 700)])])
     _one_record_covering(_run(truth), truth.figures[0])
+
+
+def test_clustering_many_boxes_on_a_grid_gives_the_pairwise_components():
+    # a heat map drawn as 262,756 vector cells (HilbertVis) took 494 s pairwise; above
+    # _CLUSTER_EXACT_MAX boxes the components come from an occupancy grid: the same components
+    import numpy as np
+
+    from pathasst.dataset_builders.extract import pdf as pdf_mod
+
+    rng = np.random.default_rng(0)
+    corners = rng.integers(0, 400, size=(600, 2)) * 1.0
+    sizes = rng.integers(1, 12, size=(600, 2)) * 1.0
+    boxes = [tuple(b) for b in np.hstack([corners, corners + sizes])]
+    tol = 3.25  # integer corners: no gap is within a grid cell of the tolerance
+    exact = sorted(sorted(g) for g in pdf_mod._cluster(boxes, tol))
+    grid = sorted(sorted(g) for g in pdf_mod._cluster_on_grid(np.asarray(boxes), tol))
+    assert grid == exact and 1 < len(exact) < 600
+    # and the switch: a cell grid of 60 x 60 touching cells (3,600 paths) is one cluster
+    cells = [(x * 2.0, y * 2.0, x * 2.0 + 2.0, y * 2.0 + 2.0) for x in range(60) for y in range(60)]
+    assert len(cells) > pdf_mod._CLUSTER_EXACT_MAX
+    assert [len(g) for g in pdf_mod._cluster(cells, 8.0)] == [3600]
