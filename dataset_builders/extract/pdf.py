@@ -96,8 +96,9 @@ class PdfConfig(ExtractConfig):
     Attributes:
         dpi: resolution at which vector figures, grouped images and images that must be rendered
             are drawn (lowered for a figure whose longer side would exceed ``max_side``).
-        min_figure_side: points; an image, drawing or group whose shorter side is smaller is a
-            decoration (logo, icon, bullet, rule), not a figure.
+        min_figure_side: points; an image, drawing or group whose longer side is smaller, or whose
+            shorter side is under half of it, is a decoration (logo, icon, bullet, rule), not a
+            figure.
         header_footer_margin: fraction of the page height at the top and at the bottom where
             running heads, page numbers and logos live; text and images entirely inside are ignored.
         caption_max_distance: points; the farthest a caption may sit from its figure's edge.
@@ -558,12 +559,12 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
     # plot's, not body text between the plot and its caption (see below). One holding a caption
     # is a float's background, not a plot's. The canvas itself is no ink: two plots side by side
     # may have canvases that touch, and stay two figures.
+    import numpy as np
+
+    inked = np.asarray(rects, dtype=float)
     canvases = []
     big_white = [b for b in white if min(b[2] - b[0], b[3] - b[1]) >= cfg.min_figure_side]  # not a cell
     if big_white:
-        import numpy as np
-
-        inked = np.asarray(rects, dtype=float)
         for box in big_white:
             inside = ((inked[:, 0] >= box[0] - 1) & (inked[:, 1] >= box[1] - 1)
                       & (inked[:, 2] <= box[2] + 1) & (inked[:, 3] <= box[3] + 1))
@@ -624,12 +625,31 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
                 break
         # A frame full of text is a sidebar or a ruled table, not a figure. Rows of symbols with no
         # letter or digit ("+ + + +": a plot's points, drawn as characters) are no such text.
-        inside = sum(_area(ln.bbox) for p in paras for ln in p.lines
-                     if _centre_in(ln.bbox, region) and _WORDY.search(ln.text))
-        if inside > 0.35 * _area(region):
+        wordy = [ln.bbox for p in paras for ln in p.lines if _centre_in(ln.bbox, region) and _WORDY.search(ln.text)]
+        if sum(_area(b) for b in wordy) > 0.35 * _area(region):
             continue
+        # Shaded or ruled boxes filled with lines of text and nothing else drawn (a code chunk and
+        # its output under it, a note) are text boxes however short their lines: every drawing
+        # there spans the region's width (a background or frame, not the boxes of a diagram),
+        # and the lines run down most of its height (one label in an empty frame, a plot's title
+        # over a polygon, do not).
+        if wordy and _covered_length([(b[1], b[3]) for b in wordy]) >= 0.5 * (region[3] - region[1]):
+            held = inked[(inked[:, 0] >= region[0] - 1) & (inked[:, 1] >= region[1] - 1)
+                         & (inked[:, 2] <= region[2] + 1) & (inked[:, 3] <= region[3] + 1)]
+            if len(held) and bool((held[:, 2] - held[:, 0] >= 0.9 * (region[2] - region[0])).all()):
+                continue
         out.append(region)
     return out
+
+
+def _covered_length(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of the intervals ``(start, end)``."""
+    total, reach = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total
 
 
 def _image_parts(infos: list[dict], page: Any, band: tuple[float, float], decorations: set,
@@ -687,6 +707,14 @@ def _group(parts: list[_Part], blockers: list[Box], gap: float) -> list[list[_Pa
     return groups
 
 
+def _figure_sized(box: Box, side: float) -> bool:
+    """Big enough to be a figure: the longer side at least ``side``, the shorter at least half
+    of it. A flat plot (one row of ranges over an axis, 130 x 39 points) is a figure; an icon, a
+    bullet, a rule or a colour key alone is not."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    return max(w, h) >= side and min(w, h) >= side / 2
+
+
 def _attach_strips(groups: list[list[_Part]], blockers: list[Box], cfg: PdfConfig) -> list[list[_Part]]:
     """Join a strip too narrow to be a figure to the figure it runs along: a colour key.
 
@@ -700,10 +728,10 @@ def _attach_strips(groups: list[list[_Part]], blockers: list[Box], cfg: PdfConfi
     """
     side = cfg.min_figure_side
     boxes = [_union(p.bbox for p in g) for g in groups]
-    big = [i for i, b in enumerate(boxes) if min(b[2] - b[0], b[3] - b[1]) >= side]
+    big = [i for i, b in enumerate(boxes) if _figure_sized(b, side)]
     joined: dict[int, int] = {}
     for i, b in enumerate(boxes):
-        if i in big or min(b[2] - b[0], b[3] - b[1]) >= side:
+        if i in big:
             continue
         best = None
         for j in big:
@@ -788,8 +816,13 @@ def _captions_from_paras(paras: list[_Para], page_index: int, taken: list[Box]) 
                 if j in used:
                     continue
                 pb = para.bbox
-                if abs(para.size - last.size) > 0.5 or para.lines[0].font != last.lines[-1].font:
-                    continue  # another type: the body text after the caption
+                # Another type is the body text after the caption, unless it follows at the
+                # caption's own leading and from its left edge: a bold title line, then the
+                # description in another face ("Figure 3: Small figure" / "A plot displayed with
+                # the \smallfigure ...", BiocStyle, a line whose code outweighs its words).
+                tight = -1.0 <= pb[1] - last.bbox[3] <= 0.5 * last.size and abs(pb[0] - lb[0]) <= 1.0
+                if (abs(para.size - last.size) > 0.5 or para.lines[0].font != last.lines[-1].font) and not tight:
+                    continue
                 below = -1.0 <= pb[1] - last.bbox[3] <= 0.9 * last.size + 2
                 # The rest of a caption line that the text layer set as a block of its own (after
                 # inline math: "... x" then "1 + x2 + x3, with" and the lines under it; a logo
@@ -877,7 +910,7 @@ def _analyse_page(page: Any, infos: list[dict], decorations: set, cfg: PdfConfig
         figures = []
         for group in groups:
             box = _union(p.bbox for p in group)
-            if min(box[2] - box[0], box[3] - box[1]) < cfg.min_figure_side:
+            if not _figure_sized(box, cfg.min_figure_side):
                 continue  # icons, bullets, small ornaments
             figures.append(_Figure(page.number, group, box))
         _attach_subcaptions(figures, paras, cap_idx)
@@ -944,7 +977,7 @@ def _layout_page(page: Any, infos: list[dict], band: tuple[float, float], decora
         box = (max(box[0], 0.0), max(box[1], 0.0), min(box[2], page.rect.width), min(box[3], page.rect.height))
         if box[3] <= band[0] or box[1] >= band[1]:
             continue
-        if min(box[2] - box[0], box[3] - box[1]) < cfg.min_figure_side:
+        if not _figure_sized(box, cfg.min_figure_side):
             continue
         inner = [p for p in parts_all if _area(_inter(p.bbox, box)) > 0.5 * _area(p.bbox)]
         covered = sum(_area(p.bbox) for p in inner)
@@ -978,17 +1011,25 @@ def _candidates(fig: _Figure, cap: _Caption, others: list[Box], max_dist: float,
     if h_ok:
         options.append(("below", c[1] - f[3], (max(f[0], c[0]), f[3], min(f[2], c[2]), c[1])))
         options.append(("above", f[1] - c[3], (max(f[0], c[0]), c[3], min(f[2], c[2]), f[1])))
+    elif _overlap(f[0], f[2], c[0], c[2]) > 0:
+        # A short caption set flush left under a narrow figure centred on the page (BiocStyle) shares
+        # only a little of its width: still its caption when nothing is printed anywhere between
+        # them across both widths, at a cost that lets any caption really under the figure win.
+        extra = max_dist / 2
+        span = (min(f[0], c[0]), max(f[2], c[2]))
+        options.append(("below", c[1] - f[3], (span[0], f[3], span[1], c[1]), extra))
+        options.append(("above", f[1] - c[3], (span[0], c[3], span[1], f[1]), extra))
     if v_ok:
         options.append(("right", c[0] - f[2], (f[2], max(f[1], c[1]), c[0], min(f[3], c[3]))))
         options.append(("left", f[0] - c[2], (c[2], max(f[1], c[1]), f[0], min(f[3], c[3]))))
     best = None
-    for side, dist, strip in options:
+    for side, dist, strip, *extra in options:
         if not -3.0 <= dist <= max_dist:
             continue
         strip = (strip[0] + 0.5, strip[1] + 0.5, strip[2] - 0.5, strip[3] - 0.5)
         if dist > 0 and any(_area(_inter(strip, o)) > 0.5 for o in others):
             continue  # something printed between them
-        cost = max(dist, 0.0) + (side_cost or _SIDE_COST)[side]
+        cost = max(dist, 0.0) + (side_cost or _SIDE_COST)[side] + sum(extra)
         if best is None or cost < best[0]:
             best = (cost, side, dist)
     return best
@@ -1035,17 +1076,40 @@ def _pair_page(page: _Page, max_dist: float, convention: Optional[str] = None) -
             found = _candidates(fig, cap, others, max_dist, side_cost)
             if found:
                 pairs.append((found[0], fi, ci, found[1], found[2]))
-    pairs.sort()
-    used_f, used_c = set(), set()
-    for _, fi, ci, side, dist in pairs:
-        if fi in used_f or ci in used_c:
-            continue
-        used_f.add(fi)
-        used_c.add(ci)
+    for _, fi, ci, side, dist in _best_pairs(pairs):
         fig = page.figures[fi]
         fig.caption, fig.pairing, fig.distance = captions[ci], captions[ci].reading_side(side), round(dist, 2)
     _merge_panels_over_caption(page, max_dist)
     _pair_across_white(page, max_dist, convention)
+
+
+def _best_pairs(pairs: list[tuple]) -> list[tuple]:
+    """The most figure-caption pairs a page allows, and of those the cheapest: ``pairs`` are
+    ``(cost, figure, caption, side, distance)`` candidates.
+
+    Taking the cheapest pair first can leave a caption without its figure: two images stacked with
+    a caption between them, 24 points under the first and 19 over the second, and another caption
+    under the second. The first caption is the second image's by distance, and the second caption
+    is then left with nothing; the assignment pairs both (scipy's linear_sum_assignment on costs
+    shifted so that every pair counts before any distance does).
+    """
+    if not pairs:
+        return []
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    figs = sorted({p[1] for p in pairs})
+    caps = sorted({p[2] for p in pairs})
+    best: dict[tuple[int, int], tuple] = {}
+    for p in pairs:
+        if (p[1], p[2]) not in best or p[0] < best[(p[1], p[2])][0]:
+            best[(p[1], p[2])] = p
+    shift = 1.0 + sum(p[0] for p in best.values())
+    cost = np.zeros((len(figs), len(caps)))
+    for (fi, ci), p in best.items():
+        cost[figs.index(fi), caps.index(ci)] = p[0] - shift
+    rows, cols = linear_sum_assignment(cost)
+    return sorted(best[(figs[r], caps[c])] for r, c in zip(rows, cols) if (figs[r], caps[c]) in best)
 
 
 def _pair_across_white(page: _Page, max_dist: float, convention: Optional[str]) -> None:

@@ -149,6 +149,7 @@ class Text:
     fontname: str = "helv"
     role: str = "body"  # body | heading
     seed: int = 0
+    shade: tuple[float, float, float] | None = None  # a fill under the block, 4 points beyond it (a code chunk)
 
 
 @dataclasses.dataclass
@@ -556,6 +557,9 @@ def make_pdf(path: str | Path, pages: Sequence[Page | Mapping[str, Any]], *, tit
             _set_text(page, rect, spec.footer, 8, "helv", align=pymupdf.TEXT_ALIGN_CENTER)
             texts.append(TextTruth(index, _words_box(page, rect), spec.footer, "footer"))
         for block in spec.texts:
+            if block.shade is not None:
+                x0, y0, x1, y1 = block.rect
+                page.draw_rect(pymupdf.Rect(x0 - 4, y0 - 4, x1 + 4, y1 + 4), color=None, fill=block.shade)
             if block.text is None:
                 written = _fill_text(page, block.rect, block.fontsize, block.fontname, block.seed)
             else:

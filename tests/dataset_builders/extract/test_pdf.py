@@ -745,3 +745,45 @@ def test_clustering_many_boxes_on_a_grid_gives_the_pairwise_components():
     cells = [(x * 2.0, y * 2.0, x * 2.0 + 2.0, y * 2.0 + 2.0) for x in range(60) for y in range(60)]
     assert len(cells) > pdf_mod._CLUSTER_EXACT_MAX
     assert [len(g) for g in pdf_mod._cluster(cells, 8.0)] == [3600]
+
+
+CODE = "> plotRanges(ir)\n+ xlim <- c(min(start(x)), max(end(x)))\n+ bins <- disjointBins(x)\n+ plot.new()\n> reduce(ir)"
+
+
+def test_a_flat_plot_and_its_short_caption_set_flush_left(pdf_factory):
+    # IRangesOverview p4: one row of ranges over an axis (130 x 39 points, under the 40-point
+    # minimum on its short side), its short caption set flush left at a fixed indent, sharing 14
+    # points of the plot's width, and a shaded code chunk right under the caption
+    fig = pdf_factory.Figure((245, 93, 376, 130), "Figure 1: Plot of original ranges", kind="vector",
+                             caption_rect=(136, 160, 300, 176))
+    code = pdf_factory.Text((56, 195, 480, 262), CODE, fontname="cour", fontsize=8, shade=(0.94, 0.94, 0.94))
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[code, _body(pdf_factory, 300, 700)])])
+    result = _run(truth)
+    _one_record_covering(result, truth.figures[0])
+    assert not [r for r in result.rejects if r[1].startswith("no caption")]  # the code chunk is no figure
+
+
+def test_a_caption_between_two_stacked_images_is_the_upper_ones(pdf_factory):
+    # savR p4: two images stacked, Figure 2's caption 24 points under its image and 19 over the
+    # next, Figure 3's caption under the second: the nearest pair first left Figure 3 alone
+    upper = pdf_factory.Figure((225, 54, 387, 313), "Figure 2: Corrected intensity plot: cycle 1, base A.",
+                               caption_rect=(182, 337, 432, 353), seed=1)
+    lower = pdf_factory.Figure((180, 369, 432, 556), "Figure 3: Quality heatmap: lane 1, read 1.",
+                               caption_rect=(206, 580, 407, 596), seed=2)
+    truth = pdf_factory([pdf_factory.Page(figures=[upper, lower], texts=[_body(pdf_factory, 620, 780)])])
+    result = _run(truth)
+    got = {r["figure_label"]: box(r["page_bbox"]) for r in result.records}
+    assert set(got) == {"Figure 2", "Figure 3"}, result.rejects
+    assert got["Figure 2"][1] == pytest.approx(54, abs=1) and got["Figure 3"][1] == pytest.approx(369, abs=1)
+
+
+def test_a_caption_title_then_its_description_in_another_face(pdf_factory):
+    # LatexStyle2 p9: "Figure 3: Small figure" in bold, then at the caption's own leading the
+    # description, a line in which inline code in a smaller monospaced face outweighs the words
+    fig = pdf_factory.Figure((180, 90, 385, 298), "Figure 3: Small figure", kind="vector",
+                             caption_rect=(136, 306, 420, 321), caption_fontsize=8)
+    rest = pdf_factory.Text((136, 316.5, 420, 332), "plot(cars) smallfig envir", fontname="cour", fontsize=6.4)
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[rest, _body(pdf_factory, 360, 700)])])
+    rec = _run(truth).records
+    assert [r["figure_label"] for r in rec] == ["Figure 3"]
+    assert clean_text(rec[0]["caption_raw"]) == "Figure 3: Small figure plot(cars) smallfig envir"
