@@ -235,7 +235,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--docs", type=Path, default=None, help="cache folder of the PDFs")
     parser.add_argument("--fetch", action="store_true", help="download missing documents (apt-get download)")
     parser.add_argument("--methods", default="geometry", help=f"comma-separated, of {', '.join(METHODS)}")
-    parser.add_argument("--set", default="tuning,tuning_2,tuning_3,tuning_4,tuning_5,held_out", help="which sets of documents to score")
+    parser.add_argument("--set", default="tuning,tuning_2,tuning_3,tuning_4,tuning_5,tuning_6,held_out", help="which sets of documents to score")
     parser.add_argument("--json", type=Path, help="write the results here")
     return parser.parse_args(argv)
 

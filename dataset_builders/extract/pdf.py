@@ -774,10 +774,11 @@ def _between(a: Box, b: Box) -> Optional[Box]:
 
 def _on_the_line_of(para: _Para, last_line: Box, size: float) -> bool:
     """``para`` goes on with a line ending at ``last_line``: its first line's middle within that
-    line's height, starting after its start and no more than a space of ``size`` after its end."""
+    line's height, starting after its start and no more than one and a half ``size`` after its end
+    (a justified line in a narrow column stretches its spaces past a whole em)."""
     first = para.lines[0].bbox
     return (last_line[1] < (first[1] + first[3]) / 2 < last_line[3] and first[0] > last_line[0]
-            and first[0] - last_line[2] <= size)
+            and first[0] - last_line[2] <= 1.5 * size)
 
 
 def _rest_of_caption_lines(paras: list[_Para], starts: set[int]) -> set[int]:
@@ -891,8 +892,13 @@ def _analyse_page(page: Any, infos: list[dict], decorations: set, cfg: PdfConfig
     rect = page.rect  # once: each page.rect works out the page's rotation again
     width, height = rect.width, rect.height
     band = (cfg.header_footer_margin * height, height - cfg.header_footer_margin * height)
-    lines = [ln for ln in _text_lines(page) if not (ln.bbox[3] <= band[0] or ln.bbox[1] >= band[1])]
-    paras = _paragraphs(lines)
+    # Running heads and feet are the paragraphs wholly inside the bands: a caption or a paragraph
+    # that starts in the top band of a page set high (no running head) and goes on below it stays.
+    all_lines = _text_lines(page)
+    paras = [p for p in _paragraphs(all_lines)
+             if not all(ln.bbox[3] <= band[0] or ln.bbox[1] >= band[1] for ln in p.lines)]
+    kept = {id(ln) for p in paras for ln in p.lines}
+    lines = [ln for ln in all_lines if id(ln) in kept]
     drawings = _visible_drawings(page)
 
     if layout is None:
@@ -1007,7 +1013,9 @@ def _candidates(fig: _Figure, cap: _Caption, others: list[Box], max_dist: float,
     fw, fh, cw, ch = f[2] - f[0], f[3] - f[1], c[2] - c[0], c[3] - c[1]
     options = []
     h_ok = _overlap(f[0], f[2], c[0], c[2]) >= 0.5 * min(fw, cw)
-    v_ok = _overlap(f[1], f[3], c[1], c[3]) >= 0.5 * min(fh, ch)
+    # (beside: 0.4 of the caption's height, for a caption set level with the top of the plot's
+    # device, above the plot's own ink)
+    v_ok = _overlap(f[1], f[3], c[1], c[3]) >= 0.4 * min(fh, ch)
     if h_ok:
         options.append(("below", c[1] - f[3], (max(f[0], c[0]), f[3], min(f[2], c[2]), c[1])))
         options.append(("above", f[1] - c[3], (max(f[0], c[0]), c[3], min(f[2], c[2]), f[1])))

@@ -787,3 +787,40 @@ def test_a_caption_title_then_its_description_in_another_face(pdf_factory):
     rec = _run(truth).records
     assert [r["figure_label"] for r in rec] == ["Figure 3"]
     assert clean_text(rec[0]["caption_raw"]) == "Figure 3: Small figure plot(cars) smallfig envir"
+
+
+def _with_words(truth, words, tmp_path, name="edited.pdf"):
+    """The factory's PDF with ``words`` ((x, baseline, text, size, font)) written on its first
+    page, each a text object of its own, as a typesetter writes a justified line word by word."""
+    import pymupdf
+
+    with pymupdf.open(truth.path) as doc:
+        for x, y, text, size, font in words:
+            doc[0].insert_text((x, y), text, fontsize=size, fontname=font)
+        out = tmp_path / name
+        doc.save(out)
+    return out
+
+
+def _records_of(path):
+    cfg = PdfConfig()
+    return SOURCE.extract_unit(next(iter(SOURCE.iter_units([str(path)], cfg))), cfg)
+
+
+def test_a_caption_beside_a_plot_set_high_with_justified_words(pdf_factory, tmp_path):
+    # earth-varmod p10 and earth-notes p35: a page set high (no running head) whose caption, in the
+    # right margin beside the plot, starts inside the top band, level with the top of the plot's
+    # device rather than its ink, in a narrow justified column whose spaces stretch past an em
+    fig = pdf_factory.Figure((120, 52, 290, 205), None, kind="vector")
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 260, 700)])])
+    import pymupdf
+
+    words, x = [(311, 43, "Figure 2: Data", 12, "tiro")], 311.0
+    for word in ("Cumulative", "Distribution", "plot"):  # 13 points between words: 1.1 em
+        words.append((x, 57, word, 12, "tiro"))
+        x += pymupdf.get_text_length(word, "tiro", 12) + 13
+    words.append((311, 71, "with info.", 12, "tiro"))
+    result = _records_of(_with_words(truth, words, tmp_path))
+    assert [r["figure_label"] for r in result.records] == ["Figure 2"], result.rejects
+    assert clean_text(result.records[0]["caption_raw"]) == "Figure 2: Data Cumulative Distribution plot with info."
+    assert json.loads(result.records[0]["meta"])["caption_pairing"] == "right"
