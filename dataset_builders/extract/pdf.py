@@ -563,13 +563,11 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
 
     inked = np.asarray(rects, dtype=float)
     canvases = []
-    big_white = [b for b in white if min(b[2] - b[0], b[3] - b[1]) >= cfg.min_figure_side]  # not a cell
-    if big_white:
-        for box in big_white:
-            inside = ((inked[:, 0] >= box[0] - 1) & (inked[:, 1] >= box[1] - 1)
-                      & (inked[:, 2] <= box[2] + 1) & (inked[:, 3] <= box[3] + 1))
-            if int(inside.sum()) >= 3 and not any(_centre_in(paras[k].bbox, box) for k in captions):
-                canvases.append(box)
+    for box in white:
+        if min(box[2] - box[0], box[3] - box[1]) < cfg.min_figure_side:
+            continue  # a white cell of a heat map, a label's background: no canvas
+        if int(_held_by(inked, box).sum()) >= 3 and not any(_centre_in(paras[k].bbox, box) for k in captions):
+            canvases.append(box)
     regions = [_union(rects[i] for i in group) for group in _cluster(rects, 8.0)]
     side = cfg.min_figure_side
     big = [r for r in regions if max(r[2] - r[0], r[3] - r[1]) >= side]
@@ -634,12 +632,17 @@ def _vector_regions(page: Any, drawings: list[dict], band: tuple[float, float], 
         # and the lines run down most of its height (one label in an empty frame, a plot's title
         # over a polygon, do not).
         if wordy and _covered_length([(b[1], b[3]) for b in wordy]) >= 0.5 * (region[3] - region[1]):
-            held = inked[(inked[:, 0] >= region[0] - 1) & (inked[:, 1] >= region[1] - 1)
-                         & (inked[:, 2] <= region[2] + 1) & (inked[:, 3] <= region[3] + 1)]
+            held = inked[_held_by(inked, region)]
             if len(held) and bool((held[:, 2] - held[:, 0] >= 0.9 * (region[2] - region[0])).all()):
                 continue
         out.append(region)
     return out
+
+
+def _held_by(boxes: Any, outer: Box, tol: float = 1.0) -> Any:
+    """:func:`_contains` for an ``(n, 4)`` array of boxes at once: a boolean mask."""
+    return ((boxes[:, 0] >= outer[0] - tol) & (boxes[:, 1] >= outer[1] - tol)
+            & (boxes[:, 2] <= outer[2] + tol) & (boxes[:, 3] <= outer[3] + tol))
 
 
 def _covered_length(intervals: list[tuple[float, float]]) -> float:

@@ -456,8 +456,10 @@ def test_rotated_pages_are_read_as_shown(pdf_factory, tmp_path):
 
 
 def _run(truth, cfg: PdfConfig | None = None):
+    """Extract one PDF in memory: a factory's ``PdfTruth`` or a path."""
     cfg = cfg or PdfConfig()
-    return SOURCE.extract_unit(next(iter(SOURCE.iter_units([str(truth.path)], cfg))), cfg)
+    path = getattr(truth, "path", truth)
+    return SOURCE.extract_unit(next(iter(SOURCE.iter_units([str(path)], cfg))), cfg)
 
 
 def _one_record_covering(result, fig, side: str = "below") -> dict:
@@ -477,20 +479,24 @@ def _body(pdf_factory, y0: float, y1: float, seed: int = 3):
     return pdf_factory.Text((56, y0, 539, y1), None, fontname="tiro", seed=seed)
 
 
+def _alone_on_a_page(pdf_factory, fig, body_from: float) -> dict:
+    """``fig`` on a page of its own with body text from ``body_from`` down: one record, covering it."""
+    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, body_from, 700)])])
+    return _one_record_covering(_run(truth), truth.figures[0])
+
+
 def test_axis_title_in_the_plots_font_a_line_below_the_ticks(pdf_factory):
     # paper2JSS: "data in log scale" set larger than the body and 12 points under the tick labels
     fig = pdf_factory.Figure((200, 120, 400, 300), "Figure 4: CDF plot to compare the fit of four distributions.",
                              kind="vector", axis_title="data in log scale", axis_title_size=10.6, axis_title_gap=12)
-    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 400, 700)])])
-    _one_record_covering(_run(truth), truth.figures[0])
+    _alone_on_a_page(pdf_factory, fig, body_from=400)
 
 
 def test_a_row_of_numbers_is_tick_labels_not_body_text(pdf_factory):
     # twinstim: a map's x axis "4100 4200 ... 4600" set as one line across the plot
     fig = pdf_factory.Figure((150, 120, 330, 300), "Figure 6: Epidemic proportion by district.", kind="vector",
                              tick_row=True)
-    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 400, 700)])])
-    _one_record_covering(_run(truth), truth.figures[0])
+    _alone_on_a_page(pdf_factory, fig, body_from=400)
 
 
 def test_subcaptions_under_a_row_of_plots_and_one_caption(pdf_factory):
@@ -509,8 +515,7 @@ def test_a_row_of_narrow_panels_under_one_caption(pdf_factory):
     fig = pdf_factory.Figure((90, 110, 505, 320), "Figure 12: Monthly proportions in five age groups.", kind="row",
                              grid=(1, 5), panel_gap=14, axis_title="Time (months)", axis_title_size=9.5,
                              axis_title_gap=4)
-    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 420, 700)])])
-    _one_record_covering(_run(truth), truth.figures[0])
+    _alone_on_a_page(pdf_factory, fig, body_from=420)
 
 
 def test_two_figures_side_by_side_keep_their_own_captions(pdf_factory):
@@ -568,16 +573,14 @@ def test_points_drawn_as_characters_do_not_make_a_plot_a_text_frame(pdf_factory)
     # jss15: Geweke plots with pch = "+": rows of "+" cover the plot; it is a figure, not a sidebar
     fig = pdf_factory.Figure((120, 120, 470, 330), "Figure 4: Geweke diagnostics of the chains.", kind="vector",
                              text_markers=True)
-    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 420, 700)])])
-    _one_record_covering(_run(truth), truth.figures[0])
+    _alone_on_a_page(pdf_factory, fig, body_from=420)
 
 
 def test_small_multiples_narrower_than_the_figure_minimum_are_one_figure(pdf_factory):
     # mcmc demo: a 5 x 5 matrix of autocorrelation plots, each under 40 points wide
     fig = pdf_factory.Figure((150, 200, 441, 392), "Figure 2: Autocorrelation plot of MCMC output.", kind="row",
                              grid=(4, 5), panel_gap=4)  # each plot's drawing about 25 x 23 points
-    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 460, 700)])])
-    _one_record_covering(_run(truth), truth.figures[0])
+    _alone_on_a_page(pdf_factory, fig, body_from=460)
     alone = pdf_factory.Figure((180, 250, 235, 295), None, kind="vector")  # one such plot alone is a decoration
     result = _run(pdf_factory([pdf_factory.Page(figures=[alone], texts=[_body(pdf_factory, 460, 700)])]))
     assert not result.records and not [r for r in result.rejects if r[1].startswith("no caption")]
@@ -713,8 +716,7 @@ def test_a_plot_on_a_white_canvas_owns_the_text_on_it(pdf_factory):
     # its caption, and a code listing alone on the facing page took the caption instead
     fig = pdf_factory.Figure((150, 150, 450, 400), "Figure 6: Result of an example with fonts.", kind="vector",
                              canvas_note="Some rights reserved, cc-by-sa")
-    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 470, 700)])])
-    _one_record_covering(_run(truth), truth.figures[0])
+    _alone_on_a_page(pdf_factory, fig, body_from=470)
 
 
 def test_a_caption_line_broken_by_a_lowered_letter_stays_one_caption(pdf_factory):
@@ -722,8 +724,7 @@ def test_a_caption_line_broken_by_a_lowered_letter_stays_one_caption(pdf_factory
     # lower as a block of its own and the rest another block starting where the E ends
     fig = pdf_factory.Figure((150, 150, 450, 400), "Figure 6: Result of X E LaTeX example.",
                              kind="vector", caption_break="E LaTeX")
-    truth = pdf_factory([pdf_factory.Page(figures=[fig], texts=[_body(pdf_factory, 470, 700)])])
-    _one_record_covering(_run(truth), truth.figures[0])
+    _alone_on_a_page(pdf_factory, fig, body_from=470)
 
 
 def test_clustering_many_boxes_on_a_grid_gives_the_pairwise_components():
@@ -802,11 +803,6 @@ def _with_words(truth, words, tmp_path, name="edited.pdf"):
     return out
 
 
-def _records_of(path):
-    cfg = PdfConfig()
-    return SOURCE.extract_unit(next(iter(SOURCE.iter_units([str(path)], cfg))), cfg)
-
-
 def test_a_caption_beside_a_plot_set_high_with_justified_words(pdf_factory, tmp_path):
     # earth-varmod p10 and earth-notes p35: a page set high (no running head) whose caption, in the
     # right margin beside the plot, starts inside the top band, level with the top of the plot's
@@ -820,7 +816,7 @@ def test_a_caption_beside_a_plot_set_high_with_justified_words(pdf_factory, tmp_
         words.append((x, 57, word, 12, "tiro"))
         x += pymupdf.get_text_length(word, "tiro", 12) + 13
     words.append((311, 71, "with info.", 12, "tiro"))
-    result = _records_of(_with_words(truth, words, tmp_path))
+    result = _run(_with_words(truth, words, tmp_path))
     assert [r["figure_label"] for r in result.records] == ["Figure 2"], result.rejects
     assert clean_text(result.records[0]["caption_raw"]) == "Figure 2: Data Cumulative Distribution plot with info."
     assert json.loads(result.records[0]["meta"])["caption_pairing"] == "right"
